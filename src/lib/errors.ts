@@ -21,6 +21,7 @@ export type ErrorCode =
   | "io_error"
   | "timeout"
   | "cancelled"
+  | "unavailable" // overloaded (e.g. a full request queue): retry later
   | "internal";
 
 export class StrataError extends Error {

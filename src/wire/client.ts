@@ -1,0 +1,644 @@
+/**
+ * A minimal libpq client: enough to pull WAL from a PostgreSQL primary (or
+ * from another safekeeper) and to run simple queries.
+ *
+ * Scope: protocol 3.0 over plain TCP; trust, cleartext-password and
+ * SCRAM-SHA-256 authentication; the simple query protocol with text results;
+ * physical replication (START_REPLICATION in CopyBoth mode). No TLS, no
+ * extended query protocol, no COPY. The socket is driven by the pure codec
+ * (`parser.ts`, `messages.ts`, `replication.ts`, `scram.ts`); this module only
+ * sequences it.
+ *
+ * Invariants and limits:
+ * * At most MAX_QUEUED_MESSAGES parsed messages wait for the consumer; beyond
+ *   that the socket is paused, so a slow consumer of a replication stream
+ *   applies TCP back-pressure to the server instead of growing memory.
+ * * One operation at a time: a client is used by one task; a second
+ *   concurrent operation is a bug and asserts.
+ * * Every wait is bounded: connect + startup + authentication by
+ *   `connectTimeoutMs`; every operation can be cancelled with an AbortSignal.
+ *   Cancellation (and any protocol error) destroys the connection — libpq
+ *   would send a CancelRequest, but for strata's uses (a WAL receiver that
+ *   reconnects) closing is simpler and always correct.
+ * * Errors: an ErrorResponse from the server is a `PgServerError` (code
+ *   "io_error": the remote refused; its SQLSTATE is in `sqlstate`); malformed
+ *   bytes are `protocol_violation`; a lost connection `io_error`; a timeout
+ *   `timeout`; an abort `cancelled`. After any error but a PgServerError
+ *   from a simple query, the client is closed.
+ */
+
+import { connect as netConnect, type Socket } from "node:net";
+import { StrataError, assert } from "../lib/errors.js";
+import { formatLsn, parseLsn, type Lsn } from "../lib/lsn.js";
+import {
+  PROTOCOL_VERSION_3_0,
+  passwordMessage,
+  saslInitialResponse,
+  saslResponse,
+  serializeFrontend,
+  type BackendMessage,
+  type ErrorFields,
+  type FieldDescription,
+} from "./messages.js";
+import { BackendParser } from "./parser.js";
+import {
+  parseServerReplicationMessage,
+  pgTimestampNow,
+  serializeReplicationMessage,
+  type ClientReplicationMessage,
+  type ServerReplicationMessage,
+} from "./replication.js";
+import { SCRAM_SHA_256, ScramClientSession } from "./scram.js";
+
+/** Default bound on TCP connect + startup + authentication. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * Parsed messages buffered ahead of the consumer before the socket is paused.
+ * 64 XLogData messages of at most 128 KiB each bound the backlog to ~8 MiB.
+ */
+export const MAX_QUEUED_MESSAGES = 64;
+/** Default bound on the total size of rows one simpleQuery may return: it is for small control queries. */
+export const DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024;
+/** How long close() waits for the server to close its side after Terminate. */
+const CLOSE_TIMEOUT_MS = 2_000;
+
+/** An ErrorResponse from the server. */
+export class PgServerError extends StrataError {
+  override name = "PgServerError";
+  readonly fields: ErrorFields;
+  constructor(fields: ErrorFields, context: string) {
+    super("io_error", `${context}: server error ${fields.code}: ${fields.message}${fields.detail ? ` (${fields.detail})` : ""}`);
+    this.fields = fields;
+  }
+  get sqlstate(): string {
+    return this.fields.code;
+  }
+}
+
+export interface ConnectOptions {
+  host: string;
+  port: number;
+  user: string;
+  /** Defaults to the user name, as libpq does. */
+  database?: string;
+  /** Needed for cleartext and SCRAM authentication. */
+  password?: string;
+  /** Opens a physical replication connection (`replication=true`). */
+  replication?: boolean;
+  applicationName?: string;
+  /** The `options` startup parameter (e.g. `-c name=value`). */
+  options?: string;
+  /** Further startup parameters. */
+  parameters?: Record<string, string>;
+  connectTimeoutMs?: number;
+  signal?: AbortSignal;
+  maxMessageBytes?: number;
+  /** Called for each NoticeResponse; notices are dropped when absent. */
+  onNotice?: (fields: ErrorFields) => void;
+}
+
+export interface QueryResult {
+  /** Empty for commands that return no rows. */
+  fields: FieldDescription[];
+  /** Text values (UTF-8), `null` for SQL NULL. */
+  rows: (string | null)[][];
+  /** CommandComplete tag, e.g. "SELECT 1", "IDENTIFY_SYSTEM". */
+  commandTag: string;
+}
+
+export interface IdentifySystemResult {
+  systemId: string;
+  timeline: number;
+  xlogPos: Lsn;
+  dbName: string | null;
+}
+
+export interface StartReplicationOptions {
+  slot?: string;
+  startLsn: Lsn;
+  timeline?: number;
+  signal?: AbortSignal;
+}
+
+/** What the server said when it ended streaming on its own (end of a historic timeline). */
+export interface StreamEnd {
+  nextTimeline: number | null;
+  nextTimelineStartLsn: Lsn | null;
+}
+
+type Waiter = { resolve: (m: BackendMessage) => void; reject: (e: Error) => void };
+
+/** Quotes a replication-protocol identifier (slot name). */
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+export class PgClient {
+  /** ParameterStatus values reported by the server (server_version, ...). */
+  readonly parameters = new Map<string, string>();
+  processId = 0;
+  secretKey = 0;
+
+  private readonly parser: BackendParser;
+  private readonly queue: BackendMessage[] = [];
+  private waiter: Waiter | null = null;
+  /** Rejects the pending TCP connect, if any. */
+  private connectWaiter: ((e: Error) => void) | null = null;
+  private failure: Error | null = null;
+  private busy = false;
+  private paused = false;
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly opts: ConnectOptions,
+  ) {
+    this.parser = new BackendParser({ maxMessageBytes: opts.maxMessageBytes });
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("error", (e) => this.fail(new StrataError("io_error", `Connection to ${this.addr} failed: ${e.message}`, { cause: e })));
+    socket.on("close", () => this.fail(new StrataError("io_error", `Connection to ${this.addr} closed by the server`)));
+  }
+
+  private get addr(): string {
+    return `${this.opts.host}:${this.opts.port}`;
+  }
+
+  /** Connects, authenticates and waits for the server to be ready for queries. */
+  static async connect(opts: ConnectOptions): Promise<PgClient> {
+    const timeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const addr = `${opts.host}:${opts.port}`;
+    opts.signal?.throwIfAborted();
+    const socket = netConnect({ host: opts.host, port: opts.port });
+    socket.setNoDelay(true);
+    const client = new PgClient(socket, opts);
+    const timer = setTimeout(
+      () => client.fail(new StrataError("timeout", `Connecting to ${addr} took longer than ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    const onAbort = () => client.fail(new StrataError("cancelled", `Connecting to ${addr} was cancelled`));
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        if (client.failure) return reject(client.failure);
+        client.connectWaiter = reject;
+        socket.once("connect", () => {
+          client.connectWaiter = null;
+          resolve();
+        });
+      });
+      await client.startup();
+      return client;
+    } catch (e) {
+      client.destroy();
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.failure) return;
+    try {
+      this.parser.push(chunk);
+      for (let m = this.parser.next(); m !== null; m = this.parser.next()) this.deliver(m);
+    } catch (e) {
+      this.fail(e instanceof Error ? e : new StrataError("internal", String(e)));
+      return;
+    }
+    if (this.queue.length >= MAX_QUEUED_MESSAGES && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+  }
+
+  private deliver(m: BackendMessage): void {
+    // Asynchronous messages the server may send at any time are handled here.
+    if (m.kind === "ParameterStatus") {
+      this.parameters.set(m.name, m.value);
+      return;
+    }
+    if (m.kind === "NoticeResponse") {
+      this.opts.onNotice?.(m.fields);
+      return;
+    }
+    if (m.kind === "NotificationResponse") return;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.resolve(m);
+    } else {
+      this.queue.push(m);
+    }
+  }
+
+  private fail(e: Error): void {
+    if (this.failure) return;
+    this.failure = e;
+    this.socket.destroy();
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(e);
+    const cw = this.connectWaiter;
+    this.connectWaiter = null;
+    cw?.(e);
+  }
+
+  private destroy(): void {
+    this.fail(new StrataError("cancelled", `Connection to ${this.addr} was closed by the client`));
+  }
+
+  /** True once the connection has failed or been closed. */
+  get closed(): boolean {
+    return this.failure !== null;
+  }
+
+  /** The next message from the server (never ParameterStatus / notices). */
+  private read(): Promise<BackendMessage> {
+    const m = this.queue.shift();
+    if (m !== undefined) {
+      if (this.paused && this.queue.length < MAX_QUEUED_MESSAGES / 2) {
+        this.paused = false;
+        this.socket.resume();
+      }
+      return Promise.resolve(m);
+    }
+    if (this.failure) return Promise.reject(this.failure);
+    assert(this.waiter === null, "PgClient: two concurrent reads");
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+    });
+  }
+
+  private write(data: Buffer): void {
+    if (this.failure) throw this.failure;
+    this.socket.write(data);
+  }
+
+  private unexpected(m: BackendMessage, during: string): StrataError {
+    const e = new StrataError("protocol_violation", `Unexpected ${m.kind} from ${this.addr} during ${during}`);
+    this.fail(e);
+    return e;
+  }
+
+  private async startup(): Promise<void> {
+    const o = this.opts;
+    const params = new Map<string, string>([
+      ["user", o.user],
+      ["database", o.database ?? o.user],
+      ["client_encoding", "UTF8"],
+    ]);
+    if (o.applicationName !== undefined) params.set("application_name", o.applicationName);
+    if (o.replication) params.set("replication", "true");
+    if (o.options !== undefined) params.set("options", o.options);
+    for (const [k, v] of Object.entries(o.parameters ?? {})) params.set(k, v);
+    this.write(serializeFrontend({ kind: "StartupMessage", protocolVersion: PROTOCOL_VERSION_3_0, parameters: params }));
+
+    let scram: ScramClientSession | null = null;
+    const needPassword = (method: string): string => {
+      if (o.password === undefined) {
+        const e = new StrataError("invalid_argument", `Server ${this.addr} requires ${method} authentication but no password was given`);
+        this.fail(e);
+        throw e;
+      }
+      return o.password;
+    };
+    while (true) {
+      const m = await this.read();
+      switch (m.kind) {
+        case "AuthenticationOk":
+          break;
+        case "AuthenticationCleartextPassword":
+          this.write(passwordMessage(needPassword("password")));
+          break;
+        case "AuthenticationSASL": {
+          if (!m.mechanisms.includes(SCRAM_SHA_256)) {
+            const e = new StrataError("unsupported", `Server ${this.addr} offers SASL mechanisms ${m.mechanisms.join(", ")}; strata supports ${SCRAM_SHA_256}`);
+            this.fail(e);
+            throw e;
+          }
+          scram = new ScramClientSession(needPassword("SCRAM-SHA-256"));
+          this.write(saslInitialResponse(SCRAM_SHA_256, scram.clientFirst()));
+          break;
+        }
+        case "AuthenticationSASLContinue":
+          if (scram === null) throw this.unexpected(m, "authentication");
+          this.write(saslResponse(scram.handleServerFirst(m.data)));
+          break;
+        case "AuthenticationSASLFinal":
+          if (scram === null) throw this.unexpected(m, "authentication");
+          try {
+            scram.verifyServerFinal(m.data);
+          } catch (e) {
+            this.fail(e as Error);
+            throw e;
+          }
+          break;
+        case "AuthenticationMD5Password":
+        case "AuthenticationUnsupported": {
+          const e = new StrataError("unsupported", `Server ${this.addr} requests ${m.kind === "AuthenticationMD5Password" ? "MD5" : `method ${m.method}`} authentication; strata supports trust, password and SCRAM-SHA-256`);
+          this.fail(e);
+          throw e;
+        }
+        case "BackendKeyData":
+          this.processId = m.processId;
+          this.secretKey = m.secretKey;
+          break;
+        case "NegotiateProtocolVersion":
+          break; // we asked for 3.0 without protocol options; nothing to downgrade
+        case "ReadyForQuery":
+          return;
+        case "ErrorResponse": {
+          const e = new PgServerError(m.fields, `Connecting to ${this.addr} as ${o.user}`);
+          this.fail(e);
+          throw e;
+        }
+        default:
+          throw this.unexpected(m, "startup");
+      }
+    }
+  }
+
+  /** Runs `fn` as the client's single operation, destroying the connection if `signal` aborts. */
+  private async exclusive<T>(signal: AbortSignal | undefined, what: string, fn: () => Promise<T>): Promise<T> {
+    assert(!this.busy, `PgClient: ${what} while another operation is running`);
+    if (this.failure) throw this.failure;
+    signal?.throwIfAborted();
+    this.busy = true;
+    const onAbort = () => this.fail(new StrataError("cancelled", `${what} on ${this.addr} was cancelled`));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      return await fn();
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      this.busy = false;
+    }
+  }
+
+  /**
+   * Runs `sql` with the simple query protocol and returns one result per
+   * statement. A server error is thrown as PgServerError after the server is
+   * ready again, so the connection stays usable.
+   */
+  simpleQuery(sql: string, opts: { signal?: AbortSignal; maxResultBytes?: number } = {}): Promise<QueryResult[]> {
+    return this.exclusive(opts.signal, "query", async () => {
+      const maxBytes = opts.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
+      this.write(serializeFrontend({ kind: "Query", sql }));
+      const results: QueryResult[] = [];
+      let fields: FieldDescription[] = [];
+      let rows: (string | null)[][] = [];
+      let bytes = 0;
+      let error: PgServerError | null = null;
+      while (true) {
+        let m: BackendMessage;
+        try {
+          m = await this.read();
+        } catch (e) {
+          // After a FATAL ErrorResponse the server closes the connection: report its error, not the close.
+          throw error ?? e;
+        }
+        switch (m.kind) {
+          case "RowDescription":
+            fields = m.fields;
+            break;
+          case "DataRow":
+            for (const v of m.values) bytes += v?.length ?? 0;
+            if (bytes > maxBytes) {
+              const e = new StrataError("invalid_argument", `Result of ${JSON.stringify(sql)} exceeds ${maxBytes} bytes`);
+              this.fail(e);
+              throw e;
+            }
+            rows.push(m.values.map((v) => (v === null ? null : v.toString("utf8"))));
+            break;
+          case "CommandComplete":
+            results.push({ fields, rows, commandTag: m.tag });
+            fields = [];
+            rows = [];
+            break;
+          case "EmptyQueryResponse":
+            break;
+          case "ErrorResponse":
+            error = new PgServerError(m.fields, `Query ${JSON.stringify(sql)}`);
+            break;
+          case "ReadyForQuery":
+            if (error) throw error;
+            return results;
+          default:
+            throw this.unexpected(m, "a simple query");
+        }
+      }
+    });
+  }
+
+  /** IDENTIFY_SYSTEM on a replication connection. */
+  async identifySystem(opts: { signal?: AbortSignal } = {}): Promise<IdentifySystemResult> {
+    const [r] = await this.simpleQuery("IDENTIFY_SYSTEM", opts);
+    const row = r?.rows[0];
+    if (r === undefined || row === undefined || row.length < 4) {
+      throw new StrataError("protocol_violation", `IDENTIFY_SYSTEM on ${this.addr} returned no 4-column row`);
+    }
+    const [systemId, timeline, xlogPos, dbName] = row;
+    if (systemId == null || timeline == null || xlogPos == null || !/^[0-9]+$/.test(timeline)) {
+      throw new StrataError("protocol_violation", `IDENTIFY_SYSTEM on ${this.addr} returned an invalid row ${JSON.stringify(row)}`);
+    }
+    let pos: Lsn;
+    try {
+      pos = parseLsn(xlogPos);
+    } catch (e) {
+      throw new StrataError("protocol_violation", `IDENTIFY_SYSTEM on ${this.addr} returned an invalid xlogpos`, { cause: e });
+    }
+    return { systemId, timeline: Number(timeline), xlogPos: pos, dbName: dbName ?? null };
+  }
+
+  /**
+   * Sends START_REPLICATION and, once the server answers with
+   * CopyBothResponse, returns the stream. The client is dedicated to the
+   * stream until it ends (`stop()` or the server ending it).
+   */
+  async startReplication(opts: StartReplicationOptions): Promise<ReplicationStream> {
+    assert(!this.busy, "PgClient: startReplication while another operation is running");
+    if (this.failure) throw this.failure;
+    opts.signal?.throwIfAborted();
+    let cmd = "START_REPLICATION ";
+    if (opts.slot !== undefined) cmd += `SLOT ${quoteIdent(opts.slot)} `;
+    cmd += `PHYSICAL ${formatLsn(opts.startLsn)}`;
+    if (opts.timeline !== undefined) cmd += ` TIMELINE ${opts.timeline}`;
+    this.busy = true;
+    const onAbort = () => this.fail(new StrataError("cancelled", `Replication from ${this.addr} was cancelled`));
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const release = () => {
+      opts.signal?.removeEventListener("abort", onAbort);
+      this.busy = false;
+    };
+    try {
+      this.write(serializeFrontend({ kind: "Query", sql: cmd }));
+      const m = await this.read();
+      if (m.kind === "CopyBothResponse") return new ReplicationStream(this, release);
+      if (m.kind === "ErrorResponse") {
+        const e = new PgServerError(m.fields, cmd);
+        await this.readUntilReady();
+        throw e;
+      }
+      throw this.unexpected(m, "START_REPLICATION");
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  private async readUntilReady(): Promise<void> {
+    while ((await this.read()).kind !== "ReadyForQuery") {
+      /* skip */
+    }
+  }
+
+  /** @internal used by ReplicationStream */
+  _read(): Promise<BackendMessage> {
+    return this.read();
+  }
+  /** @internal */
+  _write(data: Buffer): void {
+    this.write(data);
+  }
+  /** @internal */
+  _unexpected(m: BackendMessage, during: string): StrataError {
+    return this.unexpected(m, during);
+  }
+  /** @internal */
+  get _addr(): string {
+    return this.addr;
+  }
+
+  /** Sends Terminate and closes the connection; waits at most CLOSE_TIMEOUT_MS. */
+  async close(): Promise<void> {
+    if (this.failure) return;
+    const closed = new Promise<void>((resolve) => this.socket.once("close", () => resolve()));
+    this.socket.end(serializeFrontend({ kind: "Terminate" }));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]);
+    clearTimeout(timer);
+    this.destroy();
+  }
+}
+
+/**
+ * A physical replication stream in CopyBoth mode. Iterate it to receive
+ * XLogData and keepalives; answer keepalives with `replyRequested` promptly
+ * (the server disconnects after wal_sender_timeout without replies).
+ * The iteration ends when the server ends the stream (`end` then says why);
+ * `stop()` ends it from our side and returns the connection to query mode.
+ */
+export class ReplicationStream implements AsyncIterable<ServerReplicationMessage> {
+  /** Set when the server ended streaming (end of a historic timeline). */
+  end: StreamEnd | null = null;
+  private finished = false;
+  private iterating = false;
+
+  constructor(
+    private readonly client: PgClient,
+    private readonly release: () => void,
+  ) {}
+
+  /** Sends a client replication message (status update, hot standby or pageserver feedback). */
+  send(m: ClientReplicationMessage): void {
+    if (this.finished) throw new StrataError("invalid_argument", "Cannot send on a finished replication stream");
+    this.client._write(serializeFrontend({ kind: "CopyData", data: serializeReplicationMessage(m) }));
+  }
+
+  /** Sends a standby status update stamped with the current time. */
+  sendStatusUpdate(u: { writeLsn: Lsn; flushLsn: Lsn; applyLsn: Lsn; replyRequested?: boolean }): void {
+    this.send({ kind: "StandbyStatusUpdate", ...u, sendTime: pgTimestampNow(), replyRequested: u.replyRequested ?? false });
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<ServerReplicationMessage> {
+    assert(!this.iterating, "ReplicationStream iterated twice");
+    this.iterating = true;
+    while (!this.finished) {
+      const m = await this.client._read();
+      if (m.kind === "CopyData") {
+        let parsed: ServerReplicationMessage;
+        try {
+          parsed = parseServerReplicationMessage(m.data);
+        } catch (e) {
+          this.client._unexpected(m, "replication (malformed payload)");
+          throw e;
+        }
+        yield parsed;
+      } else if (m.kind === "CopyDone") {
+        // The server ended streaming: acknowledge, then read the optional next-timeline row.
+        this.client._write(serializeFrontend({ kind: "CopyDone" }));
+        await this.finish();
+        return;
+      } else if (m.kind === "ErrorResponse") {
+        throw await this.failed(m.fields, `Replication from ${this.client._addr}`);
+      } else {
+        throw this.client._unexpected(m, "replication");
+      }
+    }
+  }
+
+  /**
+   * An ErrorResponse ended the stream. After an ERROR the server leaves copy
+   * mode and sends ReadyForQuery (e.g. a start position ahead of its flush
+   * position); read up to it so the connection is usable again. After FATAL
+   * the server closes the connection and the read fails instead.
+   */
+  private async failed(fields: ErrorFields, context: string): Promise<Error> {
+    const err = new PgServerError(fields, context);
+    try {
+      while (true) {
+        const m = await this.client._read();
+        if (m.kind === "ReadyForQuery") break;
+      }
+    } catch {
+      /* connection gone (FATAL): the server error is the one to report */
+    } finally {
+      this.finished = true;
+      this.release();
+    }
+    return err;
+  }
+
+  /** Reads the end-of-stream results up to ReadyForQuery. */
+  private async finish(): Promise<void> {
+    let nextTimeline: number | null = null;
+    let nextTimelineStartLsn: Lsn | null = null;
+    try {
+      while (true) {
+        const m = await this.client._read();
+        if (m.kind === "DataRow") {
+          const [tli, pos] = m.values;
+          if (tli) nextTimeline = Number(tli.toString("utf8"));
+          if (pos) nextTimelineStartLsn = parseLsn(pos.toString("utf8"));
+        } else if (m.kind === "ErrorResponse") {
+          throw new PgServerError(m.fields, `Ending replication from ${this.client._addr}`);
+        } else if (m.kind === "ReadyForQuery") {
+          break;
+        } else if (m.kind !== "RowDescription" && m.kind !== "CommandComplete" && m.kind !== "CopyData") {
+          throw this.client._unexpected(m, "the end of replication");
+        }
+      }
+    } finally {
+      this.finished = true;
+      this.release();
+    }
+    this.end = { nextTimeline, nextTimelineStartLsn };
+  }
+
+  /**
+   * Ends streaming from our side: sends CopyDone, discards WAL still in
+   * flight until the server's CopyDone, and waits for ReadyForQuery. Must
+   * not be called while an iteration is awaiting a message; break out of
+   * the `for await` loop first.
+   */
+  async stop(): Promise<void> {
+    if (this.finished) return;
+    this.client._write(serializeFrontend({ kind: "CopyDone" }));
+    while (true) {
+      const m = await this.client._read();
+      if (m.kind === "CopyDone") break;
+      if (m.kind === "ErrorResponse") throw await this.failed(m.fields, `Stopping replication from ${this.client._addr}`);
+      if (m.kind !== "CopyData") throw this.client._unexpected(m, "stopping replication");
+    }
+    await this.finish();
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * Physical streaming replication messages: the payloads carried inside
+ * CopyData once START_REPLICATION has switched a connection to CopyBoth mode.
+ *
+ * Owned here: the byte layout of each payload (protocol.sgml "Streaming
+ * Replication Protocol"; walsender.c writes 'w' and 'k' and reads 'r' and 'h',
+ * walreceiver.c the reverse) plus one message of strata's own, the pageserver
+ * feedback. Every payload starts with a one-byte tag; integers are big-endian.
+ *
+ *   server -> client
+ *     'w' XLogData:        Int64 dataStart, Int64 walEnd, Int64 sendTime, WAL bytes
+ *     'k' keepalive:       Int64 walEnd, Int64 sendTime, Byte1 replyRequested
+ *   client -> server
+ *     'r' status update:   Int64 write, Int64 flush, Int64 apply, Int64 sendTime,
+ *                          Byte1 replyRequested
+ *     'h' hot standby fb:  Int64 sendTime, Int32 xmin, Int32 xmin epoch,
+ *                          Int32 catalog_xmin, Int32 catalog_xmin epoch
+ *     'z' pageserver fb:   (strata's own; see below)
+ *
+ * Pageserver feedback ('z', 33 bytes): a pageserver streaming WAL from a
+ * safekeeper reports how far that WAL has travelled, so the safekeeper knows
+ * what it may delete (DESIGN.md section 2):
+ *     Byte1 'z', Int64 lastReceivedLsn (end of WAL ingested),
+ *     Int64 diskConsistentLsn (flushed to local layer files),
+ *     Int64 remoteConsistentLsn (uploaded and referenced by index_part.json),
+ *     Int64 replyTime (PostgreSQL timestamp).
+ * PostgreSQL never sends 'z', so a walsender-compatible server can tell the
+ * two consumers apart by the tag alone. The layout is fixed; a future change
+ * takes a new tag rather than growing this one.
+ *
+ * Timestamps are PostgreSQL's TimestampTz: signed microseconds since
+ * 2000-01-01 00:00:00 UTC. Boolean bytes must be 0 or 1 (PostgreSQL only
+ * sends those); anything else is a protocol violation, as is a wrong length.
+ */
+
+import { MessageReader } from "./buffer.js";
+import { lsn, type Lsn } from "../lib/lsn.js";
+import { StrataError } from "../lib/errors.js";
+
+/** PostgreSQL TimestampTz: microseconds since 2000-01-01 00:00:00 UTC. */
+export type PgTimestamp = bigint & { readonly __brand: "PgTimestamp" };
+
+/** Milliseconds from the Unix epoch to PostgreSQL's epoch (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE days). */
+export const PG_EPOCH_UNIX_MS = 946_684_800_000;
+
+export function pgTimestamp(micros: bigint): PgTimestamp {
+  return micros as PgTimestamp;
+}
+
+/** Converts a JS time (ms since the Unix epoch, may be fractional) to a PostgreSQL timestamp. */
+export function pgTimestampFromUnixMs(unixMs: number): PgTimestamp {
+  return BigInt(Math.round((unixMs - PG_EPOCH_UNIX_MS) * 1000)) as PgTimestamp;
+}
+
+/** The current time as a PostgreSQL timestamp, with microsecond resolution. */
+export function pgTimestampNow(): PgTimestamp {
+  return pgTimestampFromUnixMs(performance.timeOrigin + performance.now());
+}
+
+/** Converts a PostgreSQL timestamp to ms since the Unix epoch (sub-ms precision dropped). */
+export function pgTimestampToUnixMs(ts: PgTimestamp): number {
+  return Number(ts / 1000n) + PG_EPOCH_UNIX_MS;
+}
+
+export interface XLogData {
+  kind: "XLogData";
+  /** LSN of the first byte of `data`. */
+  dataStart: Lsn;
+  /** The server's current end of WAL. */
+  walEnd: Lsn;
+  sendTime: PgTimestamp;
+  data: Buffer;
+}
+
+export interface PrimaryKeepalive {
+  kind: "PrimaryKeepalive";
+  walEnd: Lsn;
+  sendTime: PgTimestamp;
+  /** The server asks for a status update right away (wal_sender_timeout is near). */
+  replyRequested: boolean;
+}
+
+export interface StandbyStatusUpdate {
+  kind: "StandbyStatusUpdate";
+  /** End of WAL received and written (+1 byte), not necessarily flushed. */
+  writeLsn: Lsn;
+  /** End of WAL flushed to durable storage. */
+  flushLsn: Lsn;
+  /** End of WAL applied. */
+  applyLsn: Lsn;
+  sendTime: PgTimestamp;
+  replyRequested: boolean;
+}
+
+export interface HotStandbyFeedback {
+  kind: "HotStandbyFeedback";
+  sendTime: PgTimestamp;
+  /** Oldest xmin on the standby, 0 when none; epochs make them 64-bit. */
+  xmin: number;
+  xminEpoch: number;
+  catalogXmin: number;
+  catalogXminEpoch: number;
+}
+
+export interface PageserverFeedback {
+  kind: "PageserverFeedback";
+  lastReceivedLsn: Lsn;
+  diskConsistentLsn: Lsn;
+  remoteConsistentLsn: Lsn;
+  replyTime: PgTimestamp;
+}
+
+/** Payloads a walsender (PostgreSQL or a safekeeper) sends. */
+export type ServerReplicationMessage = XLogData | PrimaryKeepalive;
+/** Payloads a replication client (standby, safekeeper, pageserver) sends. */
+export type ClientReplicationMessage = StandbyStatusUpdate | HotStandbyFeedback | PageserverFeedback;
+
+const TAG_XLOG_DATA = 0x77; // 'w'
+const TAG_KEEPALIVE = 0x6b; // 'k'
+const TAG_STATUS_UPDATE = 0x72; // 'r'
+const TAG_HOT_STANDBY_FEEDBACK = 0x68; // 'h'
+const TAG_PAGESERVER_FEEDBACK = 0x7a; // 'z'
+
+/** Byte length of the XLogData header (tag + three Int64) before the WAL bytes. */
+export const XLOG_DATA_HEADER_BYTES = 25;
+const KEEPALIVE_BYTES = 18;
+const STATUS_UPDATE_BYTES = 34;
+const HOT_STANDBY_FEEDBACK_BYTES = 25;
+const PAGESERVER_FEEDBACK_BYTES = 33;
+
+function fixed(n: number): Buffer {
+  return Buffer.alloc(n);
+}
+
+/** Serializes a payload for a CopyData message (without the CopyData framing). */
+export function serializeReplicationMessage(m: ServerReplicationMessage | ClientReplicationMessage): Buffer {
+  switch (m.kind) {
+    case "XLogData": {
+      const b = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES + m.data.length);
+      b[0] = TAG_XLOG_DATA;
+      b.writeBigUInt64BE(m.dataStart, 1);
+      b.writeBigUInt64BE(m.walEnd, 9);
+      b.writeBigInt64BE(m.sendTime, 17);
+      b.set(m.data, XLOG_DATA_HEADER_BYTES);
+      return b;
+    }
+    case "PrimaryKeepalive": {
+      const b = fixed(KEEPALIVE_BYTES);
+      b[0] = TAG_KEEPALIVE;
+      b.writeBigUInt64BE(m.walEnd, 1);
+      b.writeBigInt64BE(m.sendTime, 9);
+      b[17] = m.replyRequested ? 1 : 0;
+      return b;
+    }
+    case "StandbyStatusUpdate": {
+      const b = fixed(STATUS_UPDATE_BYTES);
+      b[0] = TAG_STATUS_UPDATE;
+      b.writeBigUInt64BE(m.writeLsn, 1);
+      b.writeBigUInt64BE(m.flushLsn, 9);
+      b.writeBigUInt64BE(m.applyLsn, 17);
+      b.writeBigInt64BE(m.sendTime, 25);
+      b[33] = m.replyRequested ? 1 : 0;
+      return b;
+    }
+    case "HotStandbyFeedback": {
+      const b = fixed(HOT_STANDBY_FEEDBACK_BYTES);
+      b[0] = TAG_HOT_STANDBY_FEEDBACK;
+      b.writeBigInt64BE(m.sendTime, 1);
+      b.writeUInt32BE(m.xmin, 9);
+      b.writeUInt32BE(m.xminEpoch, 13);
+      b.writeUInt32BE(m.catalogXmin, 17);
+      b.writeUInt32BE(m.catalogXminEpoch, 21);
+      return b;
+    }
+    case "PageserverFeedback": {
+      const b = fixed(PAGESERVER_FEEDBACK_BYTES);
+      b[0] = TAG_PAGESERVER_FEEDBACK;
+      b.writeBigUInt64BE(m.lastReceivedLsn, 1);
+      b.writeBigUInt64BE(m.diskConsistentLsn, 9);
+      b.writeBigUInt64BE(m.remoteConsistentLsn, 17);
+      b.writeBigInt64BE(m.replyTime, 25);
+      return b;
+    }
+  }
+}
+
+function reader(payload: Buffer, what: string, streamOffset: number): MessageReader {
+  return new MessageReader(payload, { what, streamOffset });
+}
+
+function flag(r: MessageReader, field: string): boolean {
+  const v = r.u8(field);
+  if (v > 1) throw r.fail(`${field} byte is ${v}, expected 0 or 1`);
+  return v === 1;
+}
+
+function checkLength(payload: Buffer, expected: number, what: string, streamOffset: number): void {
+  if (payload.length !== expected) {
+    throw new StrataError(
+      "protocol_violation",
+      `Malformed ${what} message at stream offset ${streamOffset}: ${payload.length} bytes, expected ${expected}`,
+    );
+  }
+}
+
+function tagError(side: string, payload: Buffer, streamOffset: number): StrataError {
+  const tag = payload[0];
+  const shown = tag === undefined ? "none (empty CopyData)" : tag >= 0x20 && tag < 0x7f ? JSON.stringify(String.fromCharCode(tag)) : `0x${tag.toString(16)}`;
+  return new StrataError(
+    "protocol_violation",
+    `Invalid replication message from ${side} at stream offset ${streamOffset}: unknown tag ${shown}`,
+  );
+}
+
+/**
+ * Decodes a CopyData payload sent by a walsender. `streamOffset` is only used
+ * in error messages (pass the CopyData's offset when known).
+ */
+export function parseServerReplicationMessage(payload: Buffer, streamOffset = 0): ServerReplicationMessage {
+  switch (payload[0]) {
+    case TAG_XLOG_DATA: {
+      const r = reader(payload, "XLogData", streamOffset);
+      r.u8("tag");
+      const dataStart = lsn(r.u64("dataStart"));
+      const walEnd = lsn(r.u64("walEnd"));
+      const sendTime = pgTimestamp(r.i64("sendTime"));
+      return { kind: "XLogData", dataStart, walEnd, sendTime, data: r.rest() };
+    }
+    case TAG_KEEPALIVE: {
+      checkLength(payload, KEEPALIVE_BYTES, "primary keepalive", streamOffset);
+      const r = reader(payload, "primary keepalive", streamOffset);
+      r.u8("tag");
+      const walEnd = lsn(r.u64("walEnd"));
+      const sendTime = pgTimestamp(r.i64("sendTime"));
+      const replyRequested = flag(r, "replyRequested");
+      return { kind: "PrimaryKeepalive", walEnd, sendTime, replyRequested };
+    }
+    default:
+      throw tagError("server", payload, streamOffset);
+  }
+}
+
+/** Decodes a CopyData payload sent by a replication client. */
+export function parseClientReplicationMessage(payload: Buffer, streamOffset = 0): ClientReplicationMessage {
+  switch (payload[0]) {
+    case TAG_STATUS_UPDATE: {
+      checkLength(payload, STATUS_UPDATE_BYTES, "standby status update", streamOffset);
+      const r = reader(payload, "standby status update", streamOffset);
+      r.u8("tag");
+      const writeLsn = lsn(r.u64("write"));
+      const flushLsn = lsn(r.u64("flush"));
+      const applyLsn = lsn(r.u64("apply"));
+      const sendTime = pgTimestamp(r.i64("sendTime"));
+      const replyRequested = flag(r, "replyRequested");
+      return { kind: "StandbyStatusUpdate", writeLsn, flushLsn, applyLsn, sendTime, replyRequested };
+    }
+    case TAG_HOT_STANDBY_FEEDBACK: {
+      checkLength(payload, HOT_STANDBY_FEEDBACK_BYTES, "hot standby feedback", streamOffset);
+      const r = reader(payload, "hot standby feedback", streamOffset);
+      r.u8("tag");
+      return {
+        kind: "HotStandbyFeedback",
+        sendTime: pgTimestamp(r.i64("sendTime")),
+        xmin: r.u32("xmin"),
+        xminEpoch: r.u32("xmin epoch"),
+        catalogXmin: r.u32("catalog_xmin"),
+        catalogXminEpoch: r.u32("catalog_xmin epoch"),
+      };
+    }
+    case TAG_PAGESERVER_FEEDBACK: {
+      checkLength(payload, PAGESERVER_FEEDBACK_BYTES, "pageserver feedback", streamOffset);
+      const r = reader(payload, "pageserver feedback", streamOffset);
+      r.u8("tag");
+      return {
+        kind: "PageserverFeedback",
+        lastReceivedLsn: lsn(r.u64("lastReceivedLsn")),
+        diskConsistentLsn: lsn(r.u64("diskConsistentLsn")),
+        remoteConsistentLsn: lsn(r.u64("remoteConsistentLsn")),
+        replyTime: pgTimestamp(r.i64("replyTime")),
+      };
+    }
+    default:
+      throw tagError("client", payload, streamOffset);
+  }
+}
