@@ -15,6 +15,8 @@ program
 
 // Subcommand groups (each file registers its own commands and --help text).
 // register:begin
+(await import("./controlfile.js")).register(program);
+(await import("./wal_dump.js")).register(program);
 // register:end
 
 await program.parseAsync(process.argv);
