@@ -1,0 +1,199 @@
+/**
+ * Delta layer files: every version of the keys in a key range whose LSN lies
+ * in an LSN range, sorted by (key, LSN).
+ *
+ * A delta layer is what a frozen in-memory layer becomes when flushed (level
+ * 0: all keys, one LSN range), and what compaction produces when it re-cuts
+ * level-0 deltas by key range (level 1). Its entries are (key, LSN, value)
+ * where the value is an encoded `Value` (value.ts): usually a WAL record, an
+ * image when the record carried a full-page image.
+ *
+ * Byte layout, checksums and crash safety are those of layer_file.ts (entry
+ * key = 18-byte key + 8-byte big-endian LSN). The reader answers the one
+ * query GetPage needs — the versions of one key in an LSN range, newest first
+ * — with a single B-tree descent plus a short forward scan, and iterates
+ * entries in order for compaction and backup.
+ */
+import { StrataError } from "../../lib/errors.js";
+import { formatLsn, lsnMax, lsnMin, type Lsn } from "../../lib/lsn.js";
+import { formatKey, type Key } from "../key.js";
+import type { IndexPageCache } from "./page_cache.js";
+import { formatLayerFileName, tryParseLayerFileName, type LayerDesc } from "./layer_name.js";
+import {
+  deltaEntryKey, LayerFileReader, LayerFileWriter, readKey, type LayerFileSummary, type LeafEntry, type ReadWindow,
+} from "./layer_file.js";
+import { formatKeyRange, formatLsnRange, keyRangeContains, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
+import { decodeValue, encodeValue, isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
+import { basename } from "node:path";
+
+export interface DeltaLayerWriterOptions {
+  dir: string;
+  keyRange: KeyRange;
+  lsnRange: LsnRange;
+  generation?: number;
+  indexPageSizeBytes?: number;
+}
+
+export interface WrittenLayer extends LayerFileSummary {
+  readonly desc: LayerDesc;
+}
+
+/** Streams (key, LSN, value) entries, sorted by (key, LSN), into a new delta layer file. */
+export class DeltaLayerWriter {
+  private readonly entryKey = Buffer.allocUnsafe(26);
+
+  private constructor(
+    private readonly file: LayerFileWriter,
+    readonly desc: LayerDesc,
+  ) {}
+
+  static async create(opts: DeltaLayerWriterOptions): Promise<DeltaLayerWriter> {
+    const desc: LayerDesc = {
+      kind: "delta",
+      keyRange: opts.keyRange,
+      lsnRange: opts.lsnRange,
+      ...(opts.generation === undefined ? {} : { generation: opts.generation }),
+    };
+    const name = formatLayerFileName(desc); // validates the ranges
+    const file = await LayerFileWriter.create({
+      dir: opts.dir, name, format: "delta", keyRange: opts.keyRange, lsnRange: opts.lsnRange,
+      ...(opts.indexPageSizeBytes === undefined ? {} : { indexPageSizeBytes: opts.indexPageSizeBytes }),
+    });
+    return new DeltaLayerWriter(file, desc);
+  }
+
+  get entries(): number {
+    return this.file.entries;
+  }
+
+  get bytesWritten(): number {
+    return this.file.bytesWritten;
+  }
+
+  async put(key: Key, lsn: Lsn, value: Value): Promise<void> {
+    await this.putEncoded(key, lsn, encodeValue(value));
+  }
+
+  /** Appends an already-encoded value (value.ts encoding), e.g. copied from another layer. */
+  async putEncoded(key: Key, lsn: Lsn, encoded: Uint8Array): Promise<void> {
+    if (!keyRangeContains(this.desc.keyRange, key)) {
+      throw new StrataError("invalid_argument", `Delta layer: key ${formatKey(key)} outside ${formatKeyRange(this.desc.keyRange)}`);
+    }
+    if (!lsnRangeContains(this.desc.lsnRange, lsn)) {
+      throw new StrataError("invalid_argument", `Delta layer: LSN ${formatLsn(lsn)} outside ${formatLsnRange(this.desc.lsnRange)}`);
+    }
+    await this.file.add(deltaEntryKey(key, lsn, this.entryKey), encoded);
+  }
+
+  async finish(): Promise<WrittenLayer> {
+    const summary = await this.file.finish();
+    return { ...summary, desc: this.desc };
+  }
+
+  async abort(): Promise<void> {
+    await this.file.abort();
+  }
+}
+
+export interface EncodedEntry {
+  readonly key: Key;
+  readonly lsn: Lsn;
+  /** Verified value bytes, value.ts encoding. */
+  readonly encoded: Uint8Array;
+}
+
+/** Reads a finished delta layer file. */
+export class DeltaLayerReader {
+  readonly desc: LayerDesc;
+
+  private constructor(private readonly file: LayerFileReader) {
+    const h = file.header;
+    const named = tryParseLayerFileName(basename(file.path));
+    this.desc = {
+      kind: "delta",
+      keyRange: h.keyRange,
+      lsnRange: h.lsnRange,
+      ...(named?.generation === undefined ? {} : { generation: named.generation }),
+    };
+  }
+
+  static async open(path: string, opts: { cache?: IndexPageCache } = {}): Promise<DeltaLayerReader> {
+    return new DeltaLayerReader(await LayerFileReader.open(path, "delta", opts));
+  }
+
+  get path(): string {
+    return this.file.path;
+  }
+
+  get entryCount(): number {
+    return this.file.header.entryCount;
+  }
+
+  get fileSizeBytes(): number {
+    return this.file.header.fileSizeBytes;
+  }
+
+  async close(): Promise<void> {
+    await this.file.close();
+  }
+
+  private decode(e: LeafEntry, bytes: Uint8Array): Value {
+    return decodeValue(bytes, `layer file ${this.file.path} value at offset ${e.valueOffset}`);
+  }
+
+  /** The versions of `key` with LSN in `lsnRange`, newest first. */
+  async getValues(key: Key, lsnRange: LsnRange, opts: GetValuesOptions = {}): Promise<ValueEntry[]> {
+    const start = lsnMax(lsnRange.start, this.desc.lsnRange.start);
+    const end = lsnMin(lsnRange.end, this.desc.lsnRange.end);
+    if (!keyRangeContains(this.desc.keyRange, key) || start >= end) return [];
+    const target = deltaEntryKey(key, start);
+    const cursor = await this.file.seek(target);
+    const found: Array<{ e: LeafEntry; lsn: Lsn }> = [];
+    while (cursor.valid) {
+      const e = cursor.entry();
+      if (e.entryKey.compare(target, 0, 18, 0, 18) !== 0) break;
+      const l = e.entryKey.readBigUInt64BE(18) as Lsn;
+      if (l >= end) break;
+      found.push({ e, lsn: l });
+      await cursor.next();
+    }
+    // Oldest first is file order: usually one coalesced read; verified newest first.
+    const valueOf = await this.file.fetchValues(found.map(({ e }) => e));
+    const out: ValueEntry[] = [];
+    for (let i = found.length - 1; i >= 0; i--) {
+      const { e, lsn } = found[i]!;
+      const value = this.decode(e, valueOf(i));
+      out.push({ key, lsn, value });
+      if (opts.stopAtBase === true && isBase(value)) break;
+    }
+    return out;
+  }
+
+  /** Every entry with a key in `keyRange` (default: all), in (key, LSN) order, values verified but not decoded. */
+  async *iterateEncoded(keyRange?: KeyRange): AsyncGenerator<EncodedEntry> {
+    const from = keyRange === undefined || keyRange.start < this.desc.keyRange.start ? this.desc.keyRange.start : keyRange.start;
+    const to = keyRange === undefined || keyRange.end > this.desc.keyRange.end ? this.desc.keyRange.end : keyRange.end;
+    if (from >= to) return;
+    const cursor = await this.file.seek(deltaEntryKey(from, 0n as Lsn));
+    const window: ReadWindow = { buf: undefined, start: 0 };
+    while (cursor.valid) {
+      const e = cursor.entry();
+      const key = readKey(e.entryKey, 0);
+      if (key >= to) return;
+      const l = e.entryKey.readBigUInt64BE(18) as Lsn;
+      if (!keyRangeContains(this.desc.keyRange, key) || !lsnRangeContains(this.desc.lsnRange, l)) {
+        throw new StrataError("corrupt_data", `Layer file ${this.file.path}: entry (${formatKey(key)}, ${formatLsn(l)}) outside the layer's ranges (at offset ${e.valueOffset})`);
+      }
+      const encoded = await this.file.readValueSequential(e, window);
+      yield { key, lsn: l, encoded };
+      await cursor.next();
+    }
+  }
+
+  /** Every entry with a key in `keyRange` (default: all), in (key, LSN) order. */
+  async *iterate(keyRange?: KeyRange): AsyncGenerator<ValueEntry> {
+    for await (const { key, lsn, encoded } of this.iterateEncoded(keyRange)) {
+      yield { key, lsn, value: decodeValue(encoded, `layer file ${this.file.path} entry (${formatKey(key)}, ${formatLsn(lsn)})`) };
+    }
+  }
+}

@@ -1,0 +1,142 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import { StrataError } from "../../lib/errors.js";
+import { lsn, LSN_MAX, type Lsn } from "../../lib/lsn.js";
+import { KEY_END, KEY_MIN, type Key } from "../key.js";
+import { DeltaLayerReader } from "./delta_layer.js";
+import { InMemoryLayer } from "./inmemory_layer.js";
+import { parseLayerFileName } from "./layer_name.js";
+import { Rng, withTempDir } from "./test_support.js";
+import { isBase, type Value, type ValueEntry } from "./value.js";
+
+const START = lsn(0x3000000);
+
+function randomValue(rng: Rng): Value {
+  return rng.bool(0.1)
+    ? { kind: "image", bytes: rng.bytes(8192) }
+    : { kind: "wal", willInit: rng.bool(0.1), rec: rng.bytes(rng.int(200)), ...(rng.bool(0.5) ? { engine: "postgres" as const } : {}) };
+}
+
+/** Puts in LSN order (several keys per LSN), as ingest does; returns the model in (key, LSN) order. */
+function fill(layer: InMemoryLayer, rng: Rng, n: number, keyCount: number): ValueEntry[] {
+  const model: ValueEntry[] = [];
+  let l = START;
+  let atLsn = new Set<bigint>();
+  while (model.length < n) {
+    if (rng.bool(0.6)) {
+      l = lsn(l + BigInt(1 + rng.int(200)));
+      atLsn = new Set();
+    }
+    const key = BigInt(1 + rng.int(keyCount)) as Key;
+    if (atLsn.has(key)) continue;
+    atLsn.add(key);
+    const value = randomValue(rng);
+    layer.put(key, l, value);
+    model.push({ key, lsn: l, value });
+  }
+  return model.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.lsn < b.lsn ? -1 : 1));
+}
+
+function modelGet(model: ValueEntry[], key: Key, start: Lsn, end: Lsn, stopAtBase = false): ValueEntry[] {
+  const hits = model.filter((e) => e.key === key && e.lsn >= start && e.lsn < end).reverse();
+  const i = stopAtBase ? hits.findIndex((e) => isBase(e.value)) : -1;
+  return i < 0 ? hits : hits.slice(0, i + 1);
+}
+
+test("in-memory layer: reads match the model while open (buffer and file) and after freezing; flush writes an equal delta", async () => {
+  await withTempDir(async (dir) => {
+    const rng = new Rng(21);
+    const layer = InMemoryLayer.create({ dir, startLsn: START, writeBufferBytes: 16 * 1024 });
+    try {
+      const model = fill(layer, rng, 3000, 150);
+      assert.equal(layer.entries, 3000);
+      assert.equal(layer.keyCount, new Set(model.map((e) => e.key)).size);
+      assert.ok(layer.sizeBytes > layer.valueBytes);
+      assert.deepEqual(layer.desc.lsnRange, { start: START, end: LSN_MAX });
+      const maxLsn = model.reduce((m, e) => (e.lsn > m ? e.lsn : m), START);
+      const check = async (q: number) => {
+        for (let i = 0; i < q; i++) {
+          const key = BigInt(1 + rng.int(160)) as Key;
+          const a = lsn(START + BigInt(rng.int(Number(maxLsn - START) + 10)));
+          const b = lsn(a + BigInt(rng.int(Number(maxLsn - START))));
+          const stopAtBase = rng.bool(0.3);
+          assert.deepEqual(await layer.getValues(key, { start: a, end: b }, { stopAtBase }), modelGet(model, key, a, b, stopAtBase));
+        }
+      };
+      await check(400);
+      const invalid = (e: unknown) => e instanceof StrataError && e.code === "invalid_argument";
+      assert.throws(() => layer.put(1n as Key, lsn(START - 1n), randomValue(rng)), invalid);
+      assert.throws(() => layer.put(1n as Key, lsn(maxLsn - 1n), randomValue(rng)), invalid);
+      const dupKey = model.find((e) => e.lsn === maxLsn)!.key;
+      assert.throws(() => layer.put(dupKey, maxLsn, randomValue(rng)), invalid);
+      await assert.rejects(layer.writeDeltaLayer(dir), invalid);
+      assert.throws(() => layer.freeze(maxLsn), invalid);
+      const end = lsn(maxLsn + 1n);
+      layer.freeze(end);
+      assert.ok(layer.frozen);
+      assert.deepEqual(layer.desc.lsnRange, { start: START, end });
+      assert.throws(() => layer.put(1n as Key, lsn(end + 5n), randomValue(rng)), invalid);
+      assert.throws(() => layer.freeze(lsn(end + 5n)), invalid);
+      await check(400);
+
+      const ac = new AbortController();
+      ac.abort();
+      await assert.rejects(layer.writeDeltaLayer(dir, { signal: ac.signal }), (e: unknown) => e instanceof StrataError && e.code === "cancelled");
+      assert.equal((await readdir(dir)).filter((n) => !n.startsWith("ephemeral-")).length, 0, "a cancelled flush leaves no file");
+      const written = await layer.writeDeltaLayer(dir, { indexPageSizeBytes: 1024 });
+      assert.deepEqual(parseLayerFileName(written.name), { kind: "delta", keyRange: { start: KEY_MIN, end: KEY_END }, lsnRange: { start: START, end } });
+      const r = await DeltaLayerReader.open(written.path);
+      const flushed: ValueEntry[] = [];
+      for await (const e of r.iterate()) flushed.push(e);
+      await r.close();
+      assert.deepEqual(flushed, model);
+    } finally {
+      layer.close();
+    }
+    // Only the flushed delta remains; the ephemeral file is gone.
+    const names = await readdir(dir);
+    assert.equal(names.length, 1);
+    assert.ok(!names[0]!.includes("ephemeral"));
+  });
+});
+
+test("in-memory layer keeps values out of the JavaScript heap (64 MiB of pages, bounded growth)", async () => {
+  setFlagsFromString("--expose-gc");
+  const v8gc = runInNewContext("gc") as () => void;
+  // ArrayBuffer backing stores are released after a collection, on a later tick: collect a few times.
+  const gc = async () => {
+    for (let i = 0; i < 3; i++) {
+      v8gc();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  await withTempDir(async (dir) => {
+    const layer = InMemoryLayer.create({ dir, startLsn: START });
+    try {
+      const page = new Uint8Array(8192);
+      await gc();
+      const before = process.memoryUsage();
+      const n = 8192; // 64 MiB of images
+      for (let i = 0; i < n; i++) {
+        page[0] = i & 0xff;
+        page[1] = i >> 8;
+        layer.put(BigInt(i % 1024) as Key, lsn(START + BigInt(i)), { kind: "image", bytes: page });
+      }
+      await gc();
+      const after = process.memoryUsage();
+      const grownBytes = after.heapUsed + after.arrayBuffers + after.external - (before.heapUsed + before.arrayBuffers + before.external);
+      assert.ok(layer.valueBytes >= n * 8192);
+      assert.ok(grownBytes < 8 * 1024 * 1024, `heap grew by ${grownBytes} bytes for ${layer.valueBytes} bytes of values`);
+      const got = await layer.getValues(5n as Key, { start: START, end: LSN_MAX as Lsn });
+      assert.equal(got.length, 8);
+      const newest = got[0]!;
+      assert.equal(newest.lsn, lsn(START + 7n * 1024n + 5n));
+      assert.ok(newest.value.kind === "image" && newest.value.bytes[0] === ((7 * 1024 + 5) & 0xff) && newest.value.bytes[1] === (7 * 1024 + 5) >> 8);
+    } finally {
+      layer.close();
+    }
+  });
+});

@@ -1,0 +1,231 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { lsn, type Lsn } from "../../lib/lsn.js";
+import type { Key } from "../key.js";
+import { DeltaLayerWriter } from "./delta_layer.js";
+import { ImageLayerWriter } from "./image_layer.js";
+import { InMemoryLayer } from "./inmemory_layer.js";
+import { PersistentLayer, type Layer } from "./layer.js";
+import type { LayerDesc } from "./layer_name.js";
+import { LayerMap } from "./layer_map.js";
+import { collectReconstructData, type ReconstructData } from "./reconstruct.js";
+import { FULL_KEY_RANGE, keyRangeContains, LSN_UNBOUNDED, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
+import { Rng, withTempDir } from "./test_support.js";
+import { isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
+
+/**
+ * A synthetic history. Every version gets an id; a "page" is the list of ids
+ * applied since its last base (image or will-init), so any reconstruction
+ * mistake (a missed record, a wrong order, a stale image) changes the result.
+ */
+interface Version {
+  key: Key;
+  lsn: Lsn;
+  id: number;
+  value: Value;
+}
+
+const text = (s: string) => new TextEncoder().encode(s);
+const untext = (b: Uint8Array) => new TextDecoder().decode(b);
+
+function makeHistory(rng: Rng, keys: number, maxLsn: number): Version[] {
+  const out: Version[] = [];
+  let id = 0;
+  for (let l = 1; l <= maxLsn; l++) {
+    if (!rng.bool(0.4)) continue;
+    const touched = new Set<number>();
+    const n = 1 + rng.int(3);
+    for (let i = 0; i < n; i++) touched.add(rng.int(keys));
+    for (const kk of touched) {
+      id++;
+      const r = rng.next();
+      const value: Value = r < 0.05
+        ? { kind: "image", bytes: text(JSON.stringify([id])) }
+        : { kind: "wal", willInit: r < 0.12, rec: text(String(id)), engine: "postgres" };
+      out.push({ key: BigInt(kk) as Key, lsn: lsn(l), id, value });
+    }
+  }
+  return out;
+}
+
+/** The page of `key` at `at`, by replaying the whole history: undefined if the key has no version yet. */
+function materialize(history: Version[], key: Key, at: Lsn): number[] | undefined {
+  let page: number[] | undefined;
+  for (const v of history) {
+    if (v.key !== key || v.lsn > at) continue;
+    if (isBase(v.value)) page = [v.id];
+    else (page ??= []).push(v.id);
+  }
+  return page;
+}
+
+function applyReconstruct(d: ReconstructData): number[] | undefined {
+  let page: number[] | undefined = d.image === undefined ? undefined : (JSON.parse(untext(d.image.bytes)) as number[]);
+  for (const r of d.records) {
+    const id = Number(untext(r.value.rec));
+    if (r.value.willInit) page = [id];
+    else (page ??= []).push(id);
+  }
+  return page;
+}
+
+/** A layer holding exactly the history's versions inside its rectangle. */
+class ModelLayer implements Layer {
+  constructor(
+    readonly desc: LayerDesc,
+    private readonly entries: ValueEntry[],
+  ) {}
+  async getValues(key: Key, r: LsnRange, opts: GetValuesOptions = {}): Promise<ValueEntry[]> {
+    const hits = this.entries.filter((e) => e.key === key && lsnRangeContains(r, e.lsn)).reverse();
+    const i = opts.stopAtBase === true ? hits.findIndex((e) => isBase(e.value)) : -1;
+    return i < 0 ? hits : hits.slice(0, i + 1);
+  }
+}
+
+interface Plan {
+  l0: LsnRange[];
+  l1: Array<{ keyRange: KeyRange; lsnRange: LsnRange }>;
+  images: Array<{ keyRange: KeyRange; lsn: Lsn }>;
+  frozen: LsnRange;
+  open: Lsn;
+}
+
+/** Level-0 chunks, some compacted into key-partitioned level-1 deltas (inputs sometimes kept), images, in-memory tail. */
+function makePlan(rng: Rng, keys: number, maxLsn: number): Plan {
+  const bounds = [1];
+  while (bounds[bounds.length - 1]! < maxLsn - 200) bounds.push(bounds[bounds.length - 1]! + 40 + rng.int(160));
+  const chunks: LsnRange[] = [];
+  for (let i = 1; i < bounds.length; i++) chunks.push({ start: lsn(bounds[i - 1]!), end: lsn(bounds[i]!) });
+  const cut = [0, 7, 19, 31, keys];
+  const l1: Plan["l1"] = [];
+  const l0: LsnRange[] = [];
+  let i = 0;
+  while (i < chunks.length) {
+    const n = Math.min(chunks.length - i, 2 + rng.int(4));
+    if (rng.bool(0.5)) {
+      const lsnRange = { start: chunks[i]!.start, end: chunks[i + n - 1]!.end };
+      for (let p = 1; p < cut.length; p++) l1.push({ keyRange: { start: BigInt(cut[p - 1]!) as Key, end: BigInt(cut[p]!) as Key }, lsnRange });
+      if (rng.bool(0.3)) l0.push(...chunks.slice(i, i + n)); // inputs not yet removed: overlapping layers
+    } else {
+      l0.push(...chunks.slice(i, i + n));
+    }
+    i += n;
+  }
+  const images: Plan["images"] = [];
+  for (let j = 0; j < 12; j++) {
+    const p = 1 + rng.int(cut.length - 1);
+    images.push({ keyRange: { start: BigInt(cut[p - 1]!) as Key, end: BigInt(cut[p]!) as Key }, lsn: lsn(1 + rng.int(bounds[bounds.length - 1]!)) });
+  }
+  const last = bounds[bounds.length - 1]!;
+  const mid = last + 1 + rng.int(maxLsn - last - 1);
+  return { l0, l1, images, frozen: { start: lsn(last), end: lsn(mid) }, open: lsn(mid) };
+}
+
+function entriesIn(history: Version[], keyRange: KeyRange, lsnRange: LsnRange): ValueEntry[] {
+  return history
+    .filter((v) => keyRangeContains(keyRange, v.key) && lsnRangeContains(lsnRange, v.lsn))
+    .map((v) => ({ key: v.key, lsn: v.lsn, value: v.value }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.lsn < b.lsn ? -1 : a.lsn > b.lsn ? 1 : 0));
+}
+
+function imageEntries(history: Version[], keyRange: KeyRange, at: Lsn, keys: number): Array<{ key: Key; bytes: Uint8Array }> {
+  const out: Array<{ key: Key; bytes: Uint8Array }> = [];
+  for (let kk = 0; kk < keys; kk++) {
+    const key = BigInt(kk) as Key;
+    if (!keyRangeContains(keyRange, key)) continue;
+    const page = materialize(history, key, at);
+    if (page !== undefined) out.push({ key, bytes: text(JSON.stringify(page)) });
+  }
+  return out;
+}
+
+async function checkQueries(rng: Rng, map: LayerMap, history: Version[], keys: number, maxLsn: number, queries: number) {
+  const stops = new Map<string, number>();
+  for (let q = 0; q < queries; q++) {
+    const key = BigInt(rng.int(keys + 2)) as Key;
+    const at = lsn(rng.int(maxLsn + 20));
+    const d = await collectReconstructData(map, key, at);
+    stops.set(d.stop, (stops.get(d.stop) ?? 0) + 1);
+    const expected = materialize(history, key, at);
+    assert.deepEqual(applyReconstruct(d), expected, `key ${key} at ${at}: stop ${d.stop}`);
+    for (let i = 1; i < d.records.length; i++) assert.ok(d.records[i - 1]!.lsn < d.records[i]!.lsn, "records oldest first");
+    if (d.stop === "image") assert.ok(d.image !== undefined && d.continueBelowLsn === d.image.lsn);
+    if (d.stop === "history_end") assert.ok(d.records.every((r) => !r.value.willInit) && d.image === undefined);
+    if (expected === undefined) assert.ok(d.stop === "absent" || d.stop === "history_end");
+  }
+  return stops;
+}
+
+test("randomized histories: reconstruct data replays to the same page as a replay from scratch", async () => {
+  const KEYS = 40;
+  const MAX_LSN = 3000;
+  for (const seed of [1, 2, 3, 4]) {
+    const rng = new Rng(seed);
+    const history = makeHistory(rng, KEYS, MAX_LSN);
+    const plan = makePlan(rng, KEYS, MAX_LSN);
+    const map = new LayerMap();
+    for (const r of plan.l0) map.insertHistoric(new ModelLayer({ kind: "delta", keyRange: FULL_KEY_RANGE, lsnRange: r }, entriesIn(history, FULL_KEY_RANGE, r)));
+    for (const p of plan.l1) map.insertHistoric(new ModelLayer({ kind: "delta", ...p }, entriesIn(history, p.keyRange, p.lsnRange)));
+    for (const im of plan.images) {
+      const desc: LayerDesc = { kind: "image", keyRange: im.keyRange, lsnRange: { start: im.lsn, end: lsn(im.lsn + 1n) } };
+      const entries = imageEntries(history, im.keyRange, im.lsn, KEYS).map((e) => ({ key: e.key, lsn: im.lsn, value: { kind: "image" as const, bytes: e.bytes } }));
+      try {
+        map.insertHistoric(new ModelLayer(desc, entries));
+      } catch {
+        // the same image rectangle drawn twice
+      }
+    }
+    map.setOpenLayer(new ModelLayer({ kind: "delta", keyRange: FULL_KEY_RANGE, lsnRange: plan.frozen }, entriesIn(history, FULL_KEY_RANGE, plan.frozen)));
+    map.freezeOpenLayer();
+    const openRange = { start: plan.open, end: LSN_UNBOUNDED };
+    map.setOpenLayer(new ModelLayer({ kind: "delta", keyRange: FULL_KEY_RANGE, lsnRange: openRange }, entriesIn(history, FULL_KEY_RANGE, openRange)));
+    const stops = await checkQueries(rng, map, history, KEYS, MAX_LSN, 3000);
+    for (const s of ["image", "will_init", "history_end"]) assert.ok((stops.get(s) ?? 0) > 0, `seed ${seed}: no walk ended with ${s}: ${JSON.stringify([...stops])}`);
+  }
+});
+
+test("the same over real files: flushed in-memory layers, level-1 deltas, image files, and the open in-memory layer", async () => {
+  await withTempDir(async (dir) => {
+    const KEYS = 40;
+    const MAX_LSN = 2000;
+    const rng = new Rng(8);
+    const history = makeHistory(rng, KEYS, MAX_LSN);
+    const plan = makePlan(rng, KEYS, MAX_LSN);
+    const map = new LayerMap();
+    // Level 0: ingest each chunk into an in-memory layer, freeze, flush, and replace it by the file.
+    const l0 = [...plan.l0].sort((a, b) => (a.start < b.start ? -1 : 1)).filter((r, i, all) => i === 0 || r.start !== all[i - 1]!.start);
+    for (const r of l0) {
+      const mem = InMemoryLayer.create({ dir, startLsn: r.start, writeBufferBytes: 4096 });
+      for (const v of history) if (lsnRangeContains(r, v.lsn)) mem.put(v.key, v.lsn, v.value);
+      mem.freeze(r.end);
+      map.setOpenLayer(mem);
+      map.freezeOpenLayer();
+      const written = await mem.writeDeltaLayer(dir, { indexPageSizeBytes: 512 });
+      map.replaceFrozen(mem, new PersistentLayer(dir, written.desc));
+      mem.close();
+    }
+    // Level 1: key-partitioned deltas written directly.
+    for (const p of plan.l1) {
+      const w = await DeltaLayerWriter.create({ dir, keyRange: p.keyRange, lsnRange: p.lsnRange, indexPageSizeBytes: 256 });
+      for (const e of entriesIn(history, p.keyRange, p.lsnRange)) await w.put(e.key, e.lsn, e.value);
+      map.insertHistoric(new PersistentLayer(dir, (await w.finish()).desc));
+    }
+    for (const im of plan.images) {
+      const w = await ImageLayerWriter.create({ dir, keyRange: im.keyRange, lsn: im.lsn, indexPageSizeBytes: 256 });
+      for (const e of imageEntries(history, im.keyRange, im.lsn, KEYS)) await w.put(e.key, e.bytes);
+      const written = await w.finish();
+      // The plan may draw the same rectangle twice (same name, same content): keep one.
+      if (map.getHistoric(written.name) === undefined) map.insertHistoric(new PersistentLayer(dir, written.desc));
+    }
+    const open = InMemoryLayer.create({ dir, startLsn: plan.frozen.start });
+    for (const v of history) if (v.lsn >= plan.frozen.start) open.put(v.key, v.lsn, v.value);
+    map.setOpenLayer(open);
+    try {
+      const stops = await checkQueries(rng, map, history, KEYS, MAX_LSN, 1500);
+      assert.ok((stops.get("image") ?? 0) > 0 && (stops.get("will_init") ?? 0) > 0);
+    } finally {
+      open.close();
+      for (const l of map.historicLayers()) await (l as PersistentLayer).close();
+    }
+  });
+});
