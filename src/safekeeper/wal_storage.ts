@@ -1,0 +1,776 @@
+/**
+ * WalStorage — one timeline's WAL on a safekeeper's local disk.
+ *
+ * Place in the data flow: the WAL receiver (streaming from the compute, or
+ * from a peer during recovery) calls `write` for every chunk of WAL and
+ * `flush` when it is about to report its flush LSN; the WAL service calls
+ * `read` to stream WAL to pageservers, standbys and peers; retention calls
+ * `removeSegmentsBefore`; the endpoint-start protocol calls `truncate` to drop
+ * WAL of a term that lost. The control file (control_file.ts) persists
+ * `recoveryStartLsn` as its flush LSN hint.
+ *
+ * On disk it is exactly what PostgreSQL's own pg_wal holds, so pg_waldump,
+ * pg_receivewal users and byte comparisons with the compute's pg_wal work:
+ * * 16 MiB (the cluster's segment size) files named by XLogFileName with
+ *   timeline 1 (`000000010000000000000003`); bytes at their LSN offset.
+ * * The segment being written is `<name>.partial` and there is at most one;
+ *   it is the newest. Every segment file is full-size: a new one is written
+ *   as zeros under `<name>.tmp`, fsynced and renamed into place (as
+ *   PostgreSQL's XLogFileInit does), so later writes never grow a file.
+ *   The next segment's `.tmp` is prepared in the background once the
+ *   current one is half full, so a commit crossing the boundary only waits
+ *   for a rename; leftover `.tmp` files are removed on open.
+ * * When a write fills a segment, the segment is fsynced, renamed to its
+ *   final name and the directory fsynced, before anything else happens. So
+ *   every file with a final name is complete and durable.
+ * * Bytes of the partial segment beyond the write LSN are zero.
+ *
+ * LSNs: `writeLsn` is the end of the bytes written; `flushLsn` the end of the
+ * bytes known durable — it only advances after the fsync that covers them
+ * (flush(), or the fsync that completes a segment), never on a write alone.
+ * Writes must be contiguous: `write(start)` requires start == writeLsn.
+ * Rewriting WAL is `truncate(lsn)` followed by writes from lsn.
+ * The flush LSN may lie inside a record (a walsender streams whatever its
+ * server has flushed); that is what a standby reports to its primary. Where
+ * a record boundary is needed — the start LSN of a new term, a base backup
+ * point — use `flushRecordLsn`, the end of the last complete flushed record.
+ * After a restart the flush LSN is always such a record end.
+ *
+ * Record boundaries: every written byte is also fed to a WalStreamDecoder,
+ * which tells where complete records end. `recoveryStartLsn` is the start of
+ * the last complete record at or below the flush LSN (or a point where WAL
+ * starts afresh); stored in the control file, it is where recovery starts.
+ * Invalid WAL from upstream does not stop writes (storage stores bytes); the
+ * tracker stops advancing and restarts at the next segment start.
+ *
+ * Crash recovery (`open`): final segments are trusted whole. From the hint,
+ * records are decoded (CRC-checked) through the final segments into the
+ * partial one; the end of WAL is the end of the last complete valid record
+ * (or the end of the last final segment, if later). Bytes after it in the
+ * partial segment are a torn or unacknowledged tail: they are zeroed and the
+ * file fsynced, so what we report after a restart is durable and valid.
+ * A record the compute acknowledged was flushed before the ack, hence
+ * complete on disk, hence found again.
+ *
+ * Failures: an I/O error in write/flush/truncate/remove leaves the on-disk
+ * state unknown (after a failed fsync Linux may have dropped the dirty
+ * pages), so the storage refuses further changes with io_error and must be
+ * reopened, which runs recovery — PostgreSQL PANICs for the same reason.
+ * Mutating calls are serialized; `read` runs concurrently with them.
+ */
+import { StrataError } from "../lib/errors.js";
+import {
+  formatLsn,
+  lsn as toLsn,
+  parseWalFileName,
+  segmentNumber,
+  segmentOffset,
+  segmentStart,
+  walFileName,
+  XLOG_BLCKSZ,
+  type Lsn,
+} from "../lib/lsn.js";
+import { WalStreamDecoder } from "../formats/wal/wal_stream_decoder.js";
+import { isValidWalSegSize, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD } from "../formats/wal/xlog_page.js";
+import { WalDecodeError } from "../formats/wal/xlog_record.js";
+import { isNotFound, type DurableFile, type DurableFS } from "./durable_fs.js";
+import { join } from "node:path";
+
+/** Timeline id in segment file names: strata timelines never switch PostgreSQL timelines. */
+export const WAL_FILE_TIMELINE = 1;
+export const PARTIAL_SUFFIX = ".partial";
+/** Suffix of a segment being pre-allocated; leftovers are removed on open. */
+export const SEGMENT_TEMP_SUFFIX = ".tmp";
+/** Zero-fill buffer for pre-allocation and tail zeroing: big enough for few syscalls, small enough to keep around. */
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+const ZEROS = new Uint8Array(ZERO_CHUNK_BYTES);
+/** Open attempts of a read across a concurrent partial -> final rename: name, other name, name again. */
+const READ_RENAME_ATTEMPTS = 3;
+/** MAXALIGN: WAL records start at multiples of 8. */
+const MAXALIGN = 8;
+
+export interface WalStorageOptions {
+  fs: DurableFS;
+  /** The timeline's directory (created if missing). */
+  dir: string;
+  walSegSizeBytes: number;
+  /** First LSN of the timeline's WAL: a segment start or a record start. */
+  timelineStartLsn: Lsn;
+  /** The control file's flush LSN hint (a previous `recoveryStartLsn`), or the timeline start. */
+  flushLsnHint: Lsn;
+  /** System identifier long page headers must carry, if known. */
+  systemId?: bigint;
+  /**
+   * Zero-fill the next segment in the background once the current one is
+   * half written (default true), so crossing a segment boundary does not
+   * stall a commit for a 16 MiB write and fsync. Tests that count file
+   * operations turn it off for determinism.
+   */
+  preallocateAhead?: boolean;
+}
+
+/** Where a complete record lies. */
+interface RecordSpan {
+  readonly lsn: Lsn;
+  readonly endLsn: Lsn;
+}
+
+/** What recovery found on open (for logs and tests). */
+export interface RecoveryReport {
+  /** Where decoding started. */
+  readonly decodeStartLsn: Lsn;
+  /** Recovered end of WAL (writeLsn = flushLsn after open). */
+  readonly endLsn: Lsn;
+  readonly recordsDecoded: number;
+  /** Non-zero bytes found and zeroed after the end in the partial segment. */
+  readonly zeroedBytes: number;
+  /** Why decoding stopped, if it hit invalid WAL (normal after a crash: a torn tail). */
+  readonly stopReason: string | undefined;
+}
+
+export class WalStorage {
+  readonly dir: string;
+  readonly walSegSizeBytes: number;
+  readonly timelineStartLsn: Lsn;
+  private readonly fs: DurableFS;
+  private readonly systemId: bigint | undefined;
+  private readonly preallocateAhead: boolean;
+  /** A zero-filled `<next>.tmp` being prepared in the background; resolves to false if that failed. */
+  private prealloc: { segNo: bigint; done: Promise<boolean> } | undefined;
+
+  private write_: Lsn;
+  private flush_: Lsn;
+  /** Lowest segment present on disk, if any. */
+  private oldestSegNo: bigint | undefined;
+  /** One past the last segment with a final name (== oldestSegNo when none). */
+  private finalsEnd: bigint;
+  private partial: { segNo: bigint; file: DurableFile; dirty: boolean } | undefined;
+
+  private tracker: WalStreamDecoder | undefined;
+  /** Last complete record written / flushed. */
+  private lastWritten: RecordSpan | undefined;
+  private lastFlushed: RecordSpan | undefined;
+  private hint: Lsn;
+
+  private failure: unknown;
+  private closed = false;
+  private chain: Promise<unknown> = Promise.resolve();
+  private report: RecoveryReport | undefined;
+
+  private constructor(opts: WalStorageOptions) {
+    this.fs = opts.fs;
+    this.dir = opts.dir;
+    this.walSegSizeBytes = opts.walSegSizeBytes;
+    this.timelineStartLsn = opts.timelineStartLsn;
+    this.systemId = opts.systemId;
+    this.preallocateAhead = opts.preallocateAhead ?? true;
+    this.write_ = opts.timelineStartLsn;
+    this.flush_ = opts.timelineStartLsn;
+    this.hint = opts.flushLsnHint;
+    this.finalsEnd = segmentNumber(opts.timelineStartLsn, opts.walSegSizeBytes);
+  }
+
+  /** Opens (or creates) the WAL directory and recovers the end of WAL. */
+  static async open(opts: WalStorageOptions): Promise<WalStorage> {
+    if (!isValidWalSegSize(opts.walSegSizeBytes)) {
+      throw new StrataError("invalid_argument", `Invalid WAL segment size ${opts.walSegSizeBytes}: must be a power of two from 1 MiB to 1 GiB`);
+    }
+    if (!isDecoderStart(opts.timelineStartLsn, opts.walSegSizeBytes)) {
+      throw new StrataError("invalid_argument", `Timeline start ${formatLsn(opts.timelineStartLsn)} is neither a page boundary nor a MAXALIGNed record position`);
+    }
+    const s = new WalStorage(opts);
+    await s.recover(opts.flushLsnHint);
+    return s;
+  }
+
+  get writeLsn(): Lsn {
+    return this.write_;
+  }
+
+  get flushLsn(): Lsn {
+    return this.flush_;
+  }
+
+  /** End of the last complete record at or below the flush LSN, if one is known. */
+  get flushRecordLsn(): Lsn | undefined {
+    return this.lastFlushed?.endLsn;
+  }
+
+  /** Where recovery should start decoding: persist it as the control file's flush LSN hint. */
+  get recoveryStartLsn(): Lsn {
+    return this.hint;
+  }
+
+  /** What the last open found. */
+  get recovery(): RecoveryReport {
+    return this.report!;
+  }
+
+  /** Lowest LSN still readable (start of the oldest segment, or the timeline start). */
+  get oldestLsn(): Lsn {
+    const start = this.oldestSegNo === undefined ? this.write_ : segmentStart(this.oldestSegNo, this.walSegSizeBytes);
+    return start < this.timelineStartLsn ? this.timelineStartLsn : start;
+  }
+
+  // -------------------------------------------------------------------------
+  // Writing
+  // -------------------------------------------------------------------------
+
+  /**
+   * Appends `bytes` at `startLsn`, which must be the write LSN. The bytes are
+   * in the OS's hands when this returns, not durable: call `flush`. A write
+   * that completes a segment makes that segment durable (and final).
+   */
+  write(startLsn: Lsn, bytes: Uint8Array): Promise<void> {
+    return this.exclusive(async () => {
+      if (startLsn !== this.write_) {
+        throw new StrataError(
+          "invalid_argument",
+          `WAL write at ${formatLsn(startLsn)} is not contiguous with the write LSN ${formatLsn(this.write_)} in ${this.dir}`,
+        );
+      }
+      let pos = startLsn;
+      let off = 0;
+      while (off < bytes.length) {
+        const segNo = segmentNumber(pos, this.walSegSizeBytes);
+        const segOff = segmentOffset(pos, this.walSegSizeBytes);
+        const n = Math.min(bytes.length - off, this.walSegSizeBytes - segOff);
+        const piece = bytes.subarray(off, off + n);
+        const p = await this.partialFor(segNo);
+        await this.io(`write ${n} bytes at ${formatLsn(pos)} to`, p.file.path, () => p.file.write(piece, segOff));
+        p.dirty = true;
+        this.track(pos, piece);
+        pos = toLsn(pos + BigInt(n));
+        off += n;
+        this.write_ = pos;
+        if (segOff + n === this.walSegSizeBytes) await this.completeSegment();
+        else if (segOff + n >= this.walSegSizeBytes / 2) this.startPrealloc(segNo + 1n);
+      }
+    });
+  }
+
+  /**
+   * Makes everything written durable (one fsync, however many writes came
+   * before) and returns the new flush LSN.
+   */
+  flush(): Promise<Lsn> {
+    return this.exclusive(async () => {
+      await this.syncPartial();
+      this.markFlushed();
+      return this.flush_;
+    });
+  }
+
+  private async syncPartial(): Promise<void> {
+    const p = this.partial;
+    if (p !== undefined && p.dirty) {
+      await this.io("fsync", p.file.path, () => p.file.sync());
+      p.dirty = false;
+    }
+  }
+
+  /**
+   * Drops all WAL at and after `at`: later segments are deleted, the tail of
+   * the segment holding `at` is zeroed (a final segment becomes partial
+   * again), everything is fsynced, and write and flush LSN become `at`.
+   * `at` must be a record boundary (the end of a record, as term switch
+   * points are) between the oldest retained WAL and the write LSN.
+   */
+  truncate(at: Lsn): Promise<void> {
+    return this.exclusive(async () => {
+      if (at > this.write_ || at < this.oldestLsn) {
+        throw new StrataError(
+          "invalid_argument",
+          `Cannot truncate WAL in ${this.dir} at ${formatLsn(at)}: outside the stored range [${formatLsn(this.oldestLsn)}, ${formatLsn(this.write_)}]`,
+        );
+      }
+      await this.dropPrealloc();
+      if (at === this.write_) {
+        // Nothing to drop; only make the write LSN the flush LSN as promised.
+        await this.syncPartial();
+        this.markFlushed();
+        return;
+      }
+      const atSeg = segmentNumber(at, this.walSegSizeBytes);
+      const atOff = segmentOffset(at, this.walSegSizeBytes);
+      const lastSeg = this.partial?.segNo ?? this.finalsEnd - 1n;
+      // Whole segments go first, newest first, so what remains is always a prefix.
+      const firstDropped = atOff === 0 ? atSeg : atSeg + 1n;
+      for (let seg = lastSeg; seg >= firstDropped && this.oldestSegNo !== undefined && seg >= this.oldestSegNo; seg--) {
+        await this.dropSegment(seg);
+      }
+      await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
+      if (atOff !== 0) {
+        if (this.partial === undefined) {
+          // The segment holding `at` is final: make it the partial segment again.
+          const from = this.segmentPath(atSeg, false);
+          const to = this.segmentPath(atSeg, true);
+          await this.io("rename", from, () => this.fs.rename(from, to));
+          await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
+          const file = await this.io("open", to, () => this.fs.openFile(to, "readwrite"));
+          this.partial = { segNo: atSeg, file, dirty: false };
+          this.finalsEnd = atSeg;
+        }
+        const p = this.partial;
+        const dataEnd = this.write_ >= segmentStart(atSeg + 1n, this.walSegSizeBytes) ? this.walSegSizeBytes : segmentOffset(this.write_, this.walSegSizeBytes);
+        await this.zeroRange(p.file, atOff, dataEnd);
+        await this.io("fsync", p.file.path, () => p.file.sync());
+        p.dirty = false;
+      }
+      if (this.oldestSegNo !== undefined && this.oldestSegNo > (atOff === 0 ? atSeg - 1n : atSeg)) this.oldestSegNo = undefined;
+      this.write_ = at;
+      this.flush_ = at;
+      // Record tracking restarts at `at`; keep what is still below it.
+      if (this.lastWritten !== undefined && this.lastWritten.endLsn > at) this.lastWritten = undefined;
+      if (this.lastFlushed !== undefined && this.lastFlushed.endLsn > at) this.lastFlushed = undefined;
+      this.tracker = this.newTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
+      this.hint = this.lastFlushed?.lsn ?? this.tracker.startLsn;
+    });
+  }
+
+  /**
+   * Deletes whole final segments that end at or before `upTo` (retention:
+   * WAL below both the backup LSN and the pageserver's remote-consistent
+   * LSN). The partial segment is never removed. Returns how many went.
+   */
+  removeSegmentsBefore(upTo: Lsn): Promise<number> {
+    return this.exclusive(async () => {
+      const limit = segmentNumber(upTo, this.walSegSizeBytes); // segments below it end at or before upTo
+      let removed = 0;
+      while (this.oldestSegNo !== undefined && this.oldestSegNo < limit && this.oldestSegNo < this.finalsEnd) {
+        const path = this.segmentPath(this.oldestSegNo, false);
+        await this.io("remove", path, () => this.fs.unlink(path));
+        removed++;
+        this.oldestSegNo = this.oldestSegNo + 1n;
+        if (this.oldestSegNo >= this.finalsEnd && this.partial === undefined) this.oldestSegNo = undefined;
+      }
+      if (removed > 0) await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
+      return removed;
+    });
+  }
+
+  /** Closes the partial segment's file. Unflushed writes are not flushed. */
+  close(): Promise<void> {
+    return this.exclusive(async () => {
+      this.closed = true;
+      if (this.prealloc !== undefined) await this.prealloc.done; // its temp file is removed on the next open
+      this.prealloc = undefined;
+      const p = this.partial;
+      this.partial = undefined;
+      if (p !== undefined) await p.file.close().catch(() => undefined);
+    }, true);
+  }
+
+  // -------------------------------------------------------------------------
+  // Reading
+  // -------------------------------------------------------------------------
+
+  /**
+   * Up to `maxBytes` of WAL from `startLsn`, not past `endLsn` (default: the
+   * flush LSN — unflushed WAL is never served). Crosses segment boundaries.
+   * Returns fewer bytes (possibly none) at the end; WAL removed by retention
+   * is not_found.
+   */
+  async read(startLsn: Lsn, maxBytes: number, endLsn: Lsn = this.flush_): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) throw new StrataError("invalid_argument", `Invalid WAL read size ${maxBytes}`);
+    const limit = endLsn < this.flush_ ? endLsn : this.flush_;
+    if (startLsn >= limit || maxBytes === 0) return new Uint8Array(0);
+    if (startLsn < this.oldestLsn) {
+      throw new StrataError("not_found", `WAL at ${formatLsn(startLsn)} in ${this.dir} was removed or never stored; oldest is ${formatLsn(this.oldestLsn)}`);
+    }
+    const total = Number(limit - startLsn < BigInt(maxBytes) ? limit - startLsn : BigInt(maxBytes));
+    const out = new Uint8Array(total);
+    let done = 0;
+    while (done < total) {
+      const at = toLsn(startLsn + BigInt(done));
+      const segNo = segmentNumber(at, this.walSegSizeBytes);
+      const segOff = segmentOffset(at, this.walSegSizeBytes);
+      const n = Math.min(total - done, this.walSegSizeBytes - segOff);
+      await this.readSegment(segNo, out.subarray(done, done + n), segOff, at);
+      done += n;
+    }
+    return out;
+  }
+
+  /**
+   * Reads from one segment. The partial segment is renamed when it fills up,
+   * possibly while we open it, so a missing file is retried under the other
+   * name, then the first again (rename is atomic: one of them exists at any
+   * moment, but not necessarily at the moments we look).
+   */
+  private async readSegment(segNo: bigint, into: Uint8Array, segOff: number, at: Lsn): Promise<void> {
+    const partialFirst = this.partial?.segNo === segNo;
+    for (let attempt = 0; ; attempt++) {
+      const path = this.segmentPath(segNo, attempt % 2 === 0 ? partialFirst : !partialFirst);
+      let f: DurableFile;
+      try {
+        f = await this.fs.openFile(path, "read");
+      } catch (e) {
+        if (isNotFound(e) && attempt < READ_RENAME_ATTEMPTS - 1) continue;
+        const code = isNotFound(e) ? "not_found" : "io_error";
+        throw new StrataError(code, `Cannot read WAL at ${formatLsn(at)}: cannot open ${path}`, { cause: e });
+      }
+      try {
+        const got = await f.read(into, segOff);
+        if (got !== into.length) {
+          throw new StrataError("corrupt_data", `WAL segment ${path} is shorter than ${segOff + into.length} bytes (reading ${formatLsn(at)})`);
+        }
+        return;
+      } catch (e) {
+        if (e instanceof StrataError) throw e;
+        throw new StrataError("io_error", `Cannot read WAL at ${formatLsn(at)} from ${path}`, { cause: e });
+      } finally {
+        await f.close().catch(() => undefined);
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Segments
+  // -------------------------------------------------------------------------
+
+  private segmentPath(segNo: bigint, partial: boolean): string {
+    return join(this.dir, walFileName(WAL_FILE_TIMELINE, segNo, this.walSegSizeBytes) + (partial ? PARTIAL_SUFFIX : ""));
+  }
+
+  /** The open partial segment `segNo`, pre-allocating it if it is the next one. */
+  private async partialFor(segNo: bigint): Promise<{ segNo: bigint; file: DurableFile; dirty: boolean }> {
+    if (this.partial !== undefined) {
+      if (this.partial.segNo !== segNo) throw new Error(`assertion failed: write to segment ${segNo} while ${this.partial.segNo} is partial`);
+      return this.partial;
+    }
+    const tmp = this.tempSegmentPath(segNo);
+    const target = this.segmentPath(segNo, true);
+    let ready = false;
+    if (this.prealloc?.segNo === segNo) {
+      ready = await this.prealloc.done;
+      this.prealloc = undefined;
+    } else {
+      await this.dropPrealloc();
+    }
+    if (!ready) {
+      const f = await this.io("create", tmp, () => this.fs.openFile(tmp, "create"));
+      try {
+        await this.zeroRange(f, 0, this.walSegSizeBytes);
+        await this.io("fsync", tmp, () => f.sync());
+      } finally {
+        await f.close().catch(() => undefined);
+      }
+    }
+    await this.io("rename", tmp, () => this.fs.rename(tmp, target));
+    await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
+    const file = await this.io("open", target, () => this.fs.openFile(target, "readwrite"));
+    this.partial = { segNo, file, dirty: false };
+    if (this.oldestSegNo === undefined) this.oldestSegNo = segNo;
+    return this.partial;
+  }
+
+  private tempSegmentPath(segNo: bigint): string {
+    return this.segmentPath(segNo, false) + SEGMENT_TEMP_SUFFIX;
+  }
+
+  /** Starts zero-filling `<segNo>.tmp` in the background, unless already under way. */
+  private startPrealloc(segNo: bigint): void {
+    if (!this.preallocateAhead || this.prealloc !== undefined) return;
+    const path = this.tempSegmentPath(segNo);
+    const run = async (): Promise<boolean> => {
+      // Not yet part of the WAL: a failure here only means the foreground creates the file itself.
+      try {
+        const f = await this.fs.openFile(path, "create");
+        try {
+          for (let o = 0; o < this.walSegSizeBytes; o += ZERO_CHUNK_BYTES) {
+            await f.write(ZEROS.subarray(0, Math.min(ZERO_CHUNK_BYTES, this.walSegSizeBytes - o)), o);
+          }
+          await f.sync();
+        } finally {
+          await f.close();
+        }
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    this.prealloc = { segNo, done: run() };
+  }
+
+  /** Waits for a background pre-allocation and removes its file (after a truncate it may be the wrong segment). */
+  private async dropPrealloc(): Promise<void> {
+    const p = this.prealloc;
+    if (p === undefined) return;
+    this.prealloc = undefined;
+    await p.done;
+    await this.fs.unlink(this.tempSegmentPath(p.segNo)).catch(() => undefined);
+  }
+
+  /** The partial segment is full: fsync, give it its final name, fsync the directory. */
+  private async completeSegment(): Promise<void> {
+    const p = this.partial!;
+    await this.io("fsync", p.file.path, () => p.file.sync());
+    await p.file.close().catch(() => undefined);
+    this.partial = undefined;
+    const to = this.segmentPath(p.segNo, false);
+    await this.io("rename", p.file.path, () => this.fs.rename(p.file.path, to));
+    await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
+    this.finalsEnd = p.segNo + 1n;
+    // Every byte below the write LSN is now in fsynced files.
+    this.markFlushed();
+  }
+
+  private async dropSegment(segNo: bigint): Promise<void> {
+    if (this.partial?.segNo === segNo) {
+      const p = this.partial;
+      this.partial = undefined;
+      await p.file.close().catch(() => undefined);
+      await this.io("remove", p.file.path, () => this.fs.unlink(p.file.path));
+    } else {
+      const path = this.segmentPath(segNo, false);
+      await this.io("remove", path, () => this.fs.unlink(path));
+      if (this.finalsEnd > segNo) this.finalsEnd = segNo;
+    }
+  }
+
+  private async zeroRange(f: DurableFile, from: number, to: number): Promise<void> {
+    for (let o = from; o < to; o += ZERO_CHUNK_BYTES) {
+      const n = Math.min(ZERO_CHUNK_BYTES, to - o);
+      await this.io("zero-fill", f.path, () => f.write(ZEROS.subarray(0, n), o));
+    }
+  }
+
+  private markFlushed(): void {
+    this.flush_ = this.write_;
+    if (this.lastWritten !== undefined) {
+      this.lastFlushed = this.lastWritten;
+      this.hint = this.lastWritten.lsn;
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Record tracking
+  // -------------------------------------------------------------------------
+
+  private newTracker(start: Lsn): WalStreamDecoder {
+    return new WalStreamDecoder(start, { walSegSizeBytes: this.walSegSizeBytes, ...(this.systemId !== undefined ? { systemId: this.systemId } : {}) });
+  }
+
+  /** Feeds written bytes to the record tracker. */
+  private track(start: Lsn, bytes: Uint8Array): void {
+    if (this.tracker === undefined) {
+      // After invalid WAL: resynchronize at the next segment start.
+      if (segmentOffset(start, this.walSegSizeBytes) !== 0) return;
+      this.tracker = this.newTracker(start);
+    }
+    const t = this.tracker;
+    const feedFrom = t.feedLsn;
+    const end = start + BigInt(bytes.length);
+    if (end <= feedFrom) return; // alignment padding or a switch's skipped tail, before the next record
+    if (feedFrom < start) throw new Error(`assertion failed: record tracker expects ${formatLsn(feedFrom)} but write starts at ${formatLsn(start)}`);
+    // A copy: the decoder keeps views of what it is fed, and callers may reuse their buffers.
+    t.feed(bytes.slice(Number(feedFrom - start)));
+    try {
+      for (let r = t.next(); r !== undefined; r = t.next()) this.lastWritten = { lsn: r.lsn, endLsn: r.endLsn };
+    } catch (e) {
+      if (!(e instanceof WalDecodeError)) throw e;
+      this.tracker = undefined;
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Recovery
+  // -------------------------------------------------------------------------
+
+  private async recover(hintIn: Lsn): Promise<void> {
+    await this.io("create directory", this.dir, () => this.fs.mkdir(this.dir));
+    const names = await this.io("list", this.dir, () => this.fs.readdir(this.dir));
+    const finals: bigint[] = [];
+    let partialSeg: bigint | undefined;
+    for (const name of names) {
+      if (name.endsWith(SEGMENT_TEMP_SUFFIX) && isWalName(name.slice(0, -SEGMENT_TEMP_SUFFIX.length))) {
+        const path = join(this.dir, name);
+        await this.io("remove", path, () => this.fs.unlink(path));
+        continue;
+      }
+      if (!isWalName(name)) continue;
+      const parsed = parseWalFileName(name, this.walSegSizeBytes);
+      if (parsed.timeline !== WAL_FILE_TIMELINE) continue;
+      if (parsed.partial) {
+        if (partialSeg !== undefined) throw this.corrupt(`two partial segments (${partialSeg} and ${parsed.segNo})`);
+        partialSeg = parsed.segNo;
+      } else {
+        finals.push(parsed.segNo);
+      }
+    }
+    finals.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    for (let i = 1; i < finals.length; i++) {
+      if (finals[i] !== finals[i - 1]! + 1n) throw this.corrupt(`segment ${finals[i - 1]! + 1n} is missing between ${finals[i - 1]} and ${finals[i]}`);
+    }
+    const lastFinal = finals[finals.length - 1];
+    if (partialSeg !== undefined && lastFinal !== undefined && partialSeg !== lastFinal + 1n) {
+      throw this.corrupt(`partial segment ${partialSeg} does not follow the last complete segment ${lastFinal}`);
+    }
+    this.oldestSegNo = finals[0] ?? partialSeg;
+    this.finalsEnd = lastFinal !== undefined ? lastFinal + 1n : (partialSeg ?? segmentNumber(this.timelineStartLsn, this.walSegSizeBytes));
+    const trustedEnd = lastFinal !== undefined ? segmentStart(lastFinal + 1n, this.walSegSizeBytes) : undefined;
+
+    // Where to start decoding: the hint, but never before the timeline or the oldest file.
+    let start = hintIn > this.timelineStartLsn ? hintIn : this.timelineStartLsn;
+    if (this.oldestSegNo !== undefined) {
+      const oldest = segmentStart(this.oldestSegNo, this.walSegSizeBytes);
+      if (start < oldest) start = oldest;
+    }
+    if (!isDecoderStart(start, this.walSegSizeBytes)) throw this.corrupt(`flush LSN hint ${formatLsn(start)} is not a record boundary`);
+    const haveUpTo = partialSeg !== undefined ? partialSeg + 1n : this.finalsEnd;
+    if (segmentNumber(start, this.walSegSizeBytes) >= haveUpTo && segmentOffset(start, this.walSegSizeBytes) !== 0) {
+      throw this.corrupt(`flush LSN hint ${formatLsn(start)} points past the WAL on disk`);
+    }
+    if (this.oldestSegNo === undefined && start > this.timelineStartLsn) {
+      throw this.corrupt(`no WAL segments, but the flush LSN hint is ${formatLsn(start)}, past the timeline start`);
+    }
+
+    // Decode from `start` through the final segments into the partial one.
+    let decoder = this.newTracker(start);
+    let last: RecordSpan | undefined;
+    let next: Lsn = start;
+    let records = 0;
+    let stopReason: string | undefined;
+    let partialBytes: Uint8Array | undefined;
+    for (let seg = segmentNumber(start, this.walSegSizeBytes); seg < haveUpTo; seg++) {
+      const isPartial = seg === partialSeg;
+      const path = this.segmentPath(seg, isPartial);
+      const bytes = await this.readWholeSegment(path);
+      if (isPartial) partialBytes = bytes;
+      const segStartLsn = segmentStart(seg, this.walSegSizeBytes);
+      if (isPartial && decoder.failure !== undefined) {
+        // Invalid WAL inside trusted final segments: decode the partial segment on its own.
+        decoder = this.newTracker(segStartLsn);
+      }
+      if (decoder.failure !== undefined) continue;
+      const from = decoder.feedLsn > segStartLsn ? Number(decoder.feedLsn - segStartLsn) : 0;
+      if (from >= bytes.length) continue;
+      decoder.feed(bytes.subarray(from));
+      try {
+        for (let r = decoder.next(); r !== undefined; r = decoder.next()) {
+          last = { lsn: r.lsn, endLsn: r.endLsn };
+          next = decoder.nextRecordLsn;
+          records++;
+        }
+      } catch (e) {
+        if (!(e instanceof WalDecodeError)) throw e;
+        stopReason = e.message;
+        if (isPartial) break;
+      }
+    }
+
+    let end: Lsn = last?.endLsn ?? start;
+    if (trustedEnd !== undefined && trustedEnd > end) end = trustedEnd;
+    if (partialSeg !== undefined && end < segmentStart(partialSeg, this.walSegSizeBytes)) {
+      // Cannot happen with the checks above; a bug rather than bad data.
+      throw new Error(`assertion failed: recovered end ${formatLsn(end)} is before the partial segment ${partialSeg}`);
+    }
+
+    // Zero the torn tail of the partial segment and make what we keep durable.
+    let zeroed = 0;
+    if (partialSeg !== undefined) {
+      const path = this.segmentPath(partialSeg, true);
+      partialBytes ??= await this.readWholeSegment(path);
+      const file = await this.io("open", path, () => this.fs.openFile(path, "readwrite"));
+      this.partial = { segNo: partialSeg, file, dirty: false };
+      const keep = end >= segmentStart(partialSeg + 1n, this.walSegSizeBytes) ? this.walSegSizeBytes : segmentOffset(end, this.walSegSizeBytes);
+      let lastNonZero = partialBytes.length - 1;
+      while (lastNonZero >= keep && partialBytes[lastNonZero] === 0) lastNonZero--;
+      if (lastNonZero >= keep) {
+        for (let i = keep; i <= lastNonZero; i++) if (partialBytes[i] !== 0) zeroed++;
+        await this.zeroRange(file, keep, lastNonZero + 1);
+      }
+      // Also covers WAL the previous process wrote but never fsynced.
+      await this.io("fsync", path, () => file.sync());
+      await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
+    }
+    this.write_ = end;
+    this.flush_ = end;
+    if (this.partial !== undefined && segmentOffset(end, this.walSegSizeBytes) === 0 && end > segmentStart(this.partial.segNo, this.walSegSizeBytes)) {
+      // Crashed between filling a segment and renaming it.
+      await this.completeSegment();
+    }
+
+    // Record tracking resumes at the next record start; feed it what lies between.
+    this.lastWritten = last;
+    this.lastFlushed = last;
+    this.hint = last?.lsn ?? start;
+    const trackFrom = last !== undefined ? next : start;
+    this.tracker = this.newTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
+    if (this.tracker.startLsn < end) {
+      const between = await this.read(this.tracker.startLsn, Number(end - this.tracker.startLsn));
+      this.track(this.tracker.startLsn, between);
+    }
+    this.report = { decodeStartLsn: start, endLsn: end, recordsDecoded: records, zeroedBytes: zeroed, stopReason };
+  }
+
+  private async readWholeSegment(path: string): Promise<Uint8Array> {
+    const f = await this.io("open", path, () => this.fs.openFile(path, "read"));
+    try {
+      const buf = new Uint8Array(this.walSegSizeBytes);
+      const got = await this.io("read", path, () => f.read(buf, 0));
+      if (got !== this.walSegSizeBytes) throw this.corrupt(`segment ${path} has ${got} bytes, expected ${this.walSegSizeBytes}`);
+      return buf;
+    } finally {
+      await f.close().catch(() => undefined);
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Plumbing
+  // -------------------------------------------------------------------------
+
+  private corrupt(what: string): StrataError {
+    return new StrataError("corrupt_data", `WAL directory ${this.dir}: ${what}`);
+  }
+
+  /** Runs a file-system call; any failure poisons the storage (state on disk unknown). */
+  private async io<T>(what: string, path: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      const err = e instanceof StrataError ? e : new StrataError(isNotFound(e) ? "not_found" : "io_error", `Cannot ${what} ${path}`, { cause: e });
+      this.failure ??= err;
+      throw err;
+    }
+  }
+
+  /** Serializes mutating calls; refuses them after a failure or close. */
+  private exclusive<T>(fn: () => Promise<T>, allowWhenFailed = false): Promise<T> {
+    const run = async (): Promise<T> => {
+      if (this.closed) throw new StrataError("unavailable", `WAL storage ${this.dir} is closed`);
+      if (this.failure !== undefined && !allowWhenFailed) {
+        throw new StrataError("io_error", `WAL storage ${this.dir} failed earlier and must be reopened`, { cause: this.failure });
+      }
+      return await fn();
+    };
+    const p = this.chain.then(run);
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+}
+
+function isWalName(name: string): boolean {
+  return /^[0-9A-F]{24}(\.partial)?$/.test(name);
+}
+
+/** True when a WalStreamDecoder may start at `at`: a page boundary, or MAXALIGNed past the page header. */
+function isDecoderStart(at: Lsn, walSegSizeBytes: number): boolean {
+  const pageOff = Number(at % BigInt(XLOG_BLCKSZ));
+  if (pageOff === 0) return true;
+  const headerBytes = Number(at % BigInt(walSegSizeBytes)) < XLOG_BLCKSZ ? SIZE_OF_XLOG_LONG_PHD : SIZE_OF_XLOG_SHORT_PHD;
+  return at % BigInt(MAXALIGN) === 0n && pageOff >= headerBytes;
+}
+
+/**
+ * The first position at or after `at` where decoding can start: `at`
+ * MAXALIGNed (the next record after a record ending at `at`), or the next
+ * page boundary if that falls inside a page header.
+ */
+export function decoderStartAtOrAfter(at: Lsn, walSegSizeBytes: number): Lsn {
+  const aligned = toLsn((at + BigInt(MAXALIGN - 1)) & ~BigInt(MAXALIGN - 1));
+  if (isDecoderStart(aligned, walSegSizeBytes)) return aligned;
+  const page = BigInt(XLOG_BLCKSZ);
+  return toLsn(((aligned + page - 1n) / page) * page);
+}
