@@ -23,7 +23,8 @@ import { makeTempDir, removeTempDir } from "./harness/tools.js";
 import { pgWaldump, type WaldumpRecord } from "./harness/waldump.js";
 import { formatLsn, lsn, parseLsn, parseWalFileName, segmentNumber, segmentOffset, segmentStart, walFileName, DEFAULT_WAL_SEG_SIZE_BYTES, type Lsn } from "../src/lib/lsn.js";
 import { NodeDurableFS } from "../src/safekeeper/durable_fs.js";
-import { FaultyFS, seededRandom } from "../src/safekeeper/faulty_fs.js";
+import { FaultyFS } from "../src/safekeeper/faulty_fs.js";
+import { seededRandom } from "../src/lib/prng.js";
 import { WalStorage } from "../src/safekeeper/wal_storage.js";
 
 const SEG = DEFAULT_WAL_SEG_SIZE_BYTES;

@@ -25,7 +25,8 @@ import { WalFileReader } from "../src/formats/wal/wal_files.js";
 import { WalStreamDecoder } from "../src/formats/wal/wal_stream_decoder.js";
 import { WalDecodeError } from "../src/formats/wal/xlog_record.js";
 import { SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD } from "../src/formats/wal/xlog_page.js";
-import { assertSameAsWaldump, DECODER_TEST_SETTINGS, prng, readSegments } from "./wal_decoder_support.js";
+import { assertSameAsWaldump, DECODER_TEST_SETTINGS, readSegments } from "./wal_decoder_support.js";
+import { seededRandom as prng } from "../src/lib/prng.js";
 
 /** Bound on one CLI run. */
 const CLI_TIMEOUT_MS = 60_000;

@@ -19,6 +19,7 @@ import type { DecodedRecord } from "../src/formats/wal/decoded_record.js";
 import { recordTypeName, rmgrName } from "../src/formats/wal/rmgr_names.js";
 import { WalFileReader } from "../src/formats/wal/wal_files.js";
 import { WalStreamDecoder } from "../src/formats/wal/wal_stream_decoder.js";
+import { seededRandom as prng } from "../src/lib/prng.js";
 
 /** Settings every decoder test server uses: keep all WAL, allow 2PC. */
 export const DECODER_TEST_SETTINGS = {
@@ -125,18 +126,6 @@ export function assertSameAsWaldump(ours: readonly DecodedRecord[], theirs: read
       );
     }
   }
-}
-
-/** mulberry32. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** The segments of `reader` as byte arrays, in LSN order. */

@@ -31,6 +31,7 @@
  */
 import { basename, dirname, join } from "node:path";
 import { isNotFound, type DurableFile, type DurableFS, type OpenMode } from "./durable_fs.js";
+import { seededRandom } from "../lib/prng.js";
 
 export type FsOpKind = "open" | "write" | "read" | "sync" | "rename" | "unlink" | "syncDir" | "mkdir" | "readdir" | "readFile";
 /** Calls that change the disk; "mutation" in a Fault matches any of them. */
@@ -60,18 +61,6 @@ export interface Fault {
   effect: "error" | "crash" | "torn";
   /** Only calls whose path contains this string count. */
   pathIncludes?: string;
-}
-
-/** Deterministic PRNG in [0, 1) (mulberry32). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 interface PendingWrite {

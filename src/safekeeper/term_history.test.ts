@@ -20,6 +20,7 @@ import {
   termHistoryProblem,
   type TermHistory,
 } from "./term_history.js";
+import { seededRandom as rng } from "../lib/prng.js";
 
 const L = (n: number): Lsn => lsn(n);
 const h = (...pairs: [number, number][]): TermHistory => pairs.map(([t, l]) => ({ term: term(t), lsn: L(l) }));
@@ -167,18 +168,6 @@ test("encode/decode round trip and invalid cases", () => {
   assert.throws(() => decodeTermHistory(ub, 0, "peer"), isStrataError("corrupt_data"));
   assert.throws(() => encodeTermHistory(x, new Uint8Array(10), 0), RangeError);
 });
-
-/** Deterministic PRNG (mulberry32) so a failing seed can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * A model of three safekeepers through many elections. WAL is an array of

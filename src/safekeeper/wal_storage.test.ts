@@ -9,7 +9,8 @@ import { WalWriter } from "../formats/wal/wal_writer.js";
 import { encodeRecord } from "../formats/wal/xlog_record.js";
 import { RM_XLOG_ID, XLOG_SWITCH } from "../formats/wal/rmgr/xlog.js";
 import { NodeDurableFS, type DurableFS } from "./durable_fs.js";
-import { FaultyFS, seededRandom } from "./faulty_fs.js";
+import { FaultyFS } from "./faulty_fs.js";
+import { seededRandom } from "../lib/prng.js";
 import { WalStorage } from "./wal_storage.js";
 
 /** 1 MiB segments (the smallest PostgreSQL allows) so tests cross many boundaries cheaply. */

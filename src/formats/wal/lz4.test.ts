@@ -3,17 +3,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { StrataError } from "../../lib/errors.js";
 import { lz4CompressBlock, lz4DecompressBlock } from "./lz4.js";
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom as rng } from "../../lib/prng.js";
 
 function pageLike(seed: number, size: number): Uint8Array {
   const r = rng(seed);

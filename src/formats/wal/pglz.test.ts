@@ -2,18 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { StrataError } from "../../lib/errors.js";
 import { pglzCompress, pglzDecompress } from "./pglz.js";
-
-/** Deterministic PRNG (mulberry32) so a failing case can be replayed from its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom as rng } from "../../lib/prng.js";
 
 /** A page-like buffer: runs, repeated tuples, some noise. */
 function pageLike(seed: number, size: number): Uint8Array {

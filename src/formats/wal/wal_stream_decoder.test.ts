@@ -6,20 +6,9 @@ import { WalStreamDecoder } from "./wal_stream_decoder.js";
 import { WalWriter } from "./wal_writer.js";
 import { encodeRecord, WalDecodeError, type RecordSpec } from "./xlog_record.js";
 import { XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_FIRST_IS_CONTRECORD } from "./xlog_page.js";
+import { seededRandom as prng } from "../../lib/prng.js";
 
 const SEG = 1024 * 1024; // small segments so tests cross segment boundaries cheaply
-
-/** mulberry32: small seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Written {
   lsn: Lsn;

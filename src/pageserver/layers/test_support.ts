@@ -8,19 +8,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import assert from "node:assert/strict";
 import { StrataError } from "../../lib/errors.js";
+import { seededRandom } from "../../lib/prng.js";
 
-/** mulberry32: tiny, fast, good enough for test data. */
+/** Seeded random helpers over src/lib/prng.ts. */
 export class Rng {
-  private state: number;
+  private readonly random: () => number;
   constructor(seed: number) {
-    this.state = seed >>> 0;
+    this.random = seededRandom(seed);
   }
   next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.random();
   }
   /** Integer in [0, n). */
   int(n: number): number {
