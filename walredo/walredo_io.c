@@ -8,13 +8,18 @@
  * PostgreSQL might print (a stray NOTICE in single-user mode, a library's
  * printf) can ever interleave with protocol bytes.
  *
- * Input is read through a 64 KiB buffer; a frame's payload is assembled in a
- * buffer in TopMemoryContext that grows to the largest frame seen and shrinks
- * back after an unusually large one.  Replies are appended to an output
- * buffer that is flushed only when the helper is about to block waiting for
- * input (or the buffer is large): a pipelining client then gets many replies
- * per pipe wake-up.  A frame is always read completely before it is handled,
- * so an ERROR while handling it never desynchronizes the stream.
+ * Input is read through a 256 KiB buffer, so one read(2) takes a whole batch
+ * of pipelined requests; a frame that lies wholly in it is handled in place,
+ * otherwise its payload is assembled in a buffer in TopMemoryContext that
+ * grows to the largest frame seen and shrinks back after an unusually large
+ * one.  Replies are appended to an output buffer that is flushed when the
+ * helper is about to block waiting for input or holds eight pages' worth: a
+ * pipelining client gets many replies per wake-up.  The channel is what the
+ * client made -- Node's child_process gives a Unix socket pair, whose default
+ * buffer (net.core.wmem_default, ~208 KiB) holds a batch of 16 single-page
+ * requests -- so each batch passes in one system call.  A frame is always
+ * read completely before it is handled, so an ERROR while handling it never
+ * desynchronizes the stream.
  *
  * I/O failures are not recoverable (the client is gone or broke the
  * protocol): they end the process with a message on stderr.
@@ -31,11 +36,20 @@
 
 #include "walredo.h"
 
-/* read(2) granularity: one read usually brings several pipelined requests */
-#define INPUT_CHUNK_BYTES (64 * 1024)
+/*
+ * read(2) granularity: one read brings a whole batch of pipelined requests
+ * (the client's default depth of 16 single-page requests is ~135 KiB).
+ */
+#define INPUT_CHUNK_BYTES (256 * 1024)
 
-/* flush replies once this much is pending even if more input is waiting */
-#define OUTPUT_FLUSH_BYTES (256 * 1024)
+/*
+ * Flush replies once this much is pending even if more input is waiting:
+ * eight page replies.  With more than eight requests in flight the client
+ * then works on the first replies while the rest are replayed -- both
+ * processes busy at once instead of taking turns -- for one more write(2)
+ * per eight replies.
+ */
+#define OUTPUT_FLUSH_BYTES (64 * 1024)
 
 /* a payload buffer grown past this is released after the frame is done */
 #define PAYLOAD_KEEP_BYTES (4 * 1024 * 1024)
@@ -168,7 +182,8 @@ read_input(char *dst, size_t count)
 
 /*
  * Reads the next whole frame.  Returns false on EOF at a frame boundary (the
- * client's orderly shutdown).  The payload stays valid until the next call.
+ * client's orderly shutdown).  The payload stays valid until the next call;
+ * it may point into the input buffer, so it is read-only and unaligned.
  */
 bool
 walredo_read_frame(WalRedoFrame *frame)
@@ -201,6 +216,21 @@ walredo_read_frame(WalRedoFrame *frame)
 				 errmsg("strata_walredo: frame length %u outside [%d, %d]; stream is out of sync",
 						length, WALREDO_FRAME_MIN_LENGTH, WALREDO_MAX_FRAME_BYTES)));
 	payload_len = length - WALREDO_FRAME_MIN_LENGTH;
+	frame->type = header[4];
+	memcpy(&frame->request_id, header + 5, 4);
+	frame->payload_len = payload_len;
+
+	/*
+	 * The common case, a frame read whole with its batch: the payload is used
+	 * where it lies (handlers copy what they keep; the input buffer is only
+	 * refilled by the next call).
+	 */
+	if (input_len - input_pos >= payload_len)
+	{
+		frame->payload = input_chunk + input_pos;
+		input_pos += payload_len;
+		return true;
+	}
 
 	if (payload_len > payload_cap || payload_buf == NULL)
 	{
@@ -218,10 +248,7 @@ walredo_read_frame(WalRedoFrame *frame)
 				 errmsg("strata_walredo: input ended inside a frame payload (%zu of %u bytes)",
 						got, payload_len)));
 
-	frame->type = header[4];
-	memcpy(&frame->request_id, header + 5, 4);
 	frame->payload = payload_buf;
-	frame->payload_len = payload_len;
 	return true;
 }
 

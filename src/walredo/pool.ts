@@ -39,6 +39,11 @@
  * after starting one helper in the directory of a slot whose last helper was
  * killed, which makes PostgreSQL reclaim the dead helper's shared memory.
  *
+ * Cost: a request is one `Job` object that is also the helper's reply sink
+ * (process.ts ReplySink), so the only promise per request is the one the
+ * caller gets; an apply whose records fit one request is sent as it is;
+ * descriptions for logs are built only when something is logged.
+ *
  * Isolation: a pool belongs to one tenant and owns its helpers; helpers are
  * never handed between pools. `WalRedoManager` maps tenant ids to pools, so
  * one tenant's records can only ever reach that tenant's processes.
@@ -46,7 +51,16 @@
 import { join } from "node:path";
 import { StrataError } from "../lib/errors.js";
 import { defaultWalRedoMetrics, type WalRedoMetrics } from "./metrics.js";
-import { WalRedoError, WalRedoProcess, WalRedoProcessError, reclaimAfterCrash, silentLogger, type WalRedoLogger, type WalRedoProcessOptions } from "./process.js";
+import {
+  WalRedoError,
+  WalRedoProcess,
+  WalRedoProcessError,
+  reclaimAfterCrash,
+  silentLogger,
+  type ReplySink,
+  type WalRedoLogger,
+  type WalRedoProcessOptions,
+} from "./process.js";
 import {
   applyPayloadBytes,
   describeRecords,
@@ -118,26 +132,64 @@ export interface WalRedoPoolOptions {
 
 type Kind = "apply" | "mask" | "stats" | "test";
 
-interface Job {
-  readonly kind: Kind;
-  readonly request: Request;
-  readonly records: number;
-  /** For messages and logs; built only when needed (formatting LSNs costs more than a replay). */
-  readonly describe: () => string;
-  readonly startedAtMs: number;
-  readonly resolve: (r: Reply) => void;
-  readonly reject: (e: Error) => void;
-  /** Only this slot may run it (stats of one helper, tests). */
-  readonly slotIndex: number | undefined;
-  attempts: number;
+/** What a pool does when a job's helper answers or fails (one object per pool, not per job). */
+interface JobEvents {
+  replied(job: Job, reply: Reply): void;
+  failed(job: Job, err: Error): void;
+}
+
+/** One request through the pool: queued, in flight on a slot, retried, settled. */
+class Job implements ReplySink {
+  attempts = 0;
   /** Retried after its helper died: runs alone on a helper. */
-  isolated: boolean;
-  settled: boolean;
+  isolated = false;
+  settled = false;
   /** performance.now() by which it must be dispatched (queued) or answered (in flight). */
   deadlineMs: number;
   /** The slot it is in flight on, while it is. */
-  runningOn: Slot | undefined;
-  firstFailure: Error | undefined;
+  runningOn: Slot | undefined = undefined;
+  /** pid of the helper it was last sent to (logs). */
+  runningPid = 0;
+  firstFailure: Error | undefined = undefined;
+
+  constructor(
+    private readonly events: JobEvents,
+    readonly kind: Kind,
+    readonly request: Request,
+    readonly records: number,
+    readonly startedAtMs: number,
+    timeoutMs: number,
+    /** Settles the caller's promise: a page for apply and mask, the reply otherwise. */
+    readonly resolve: (value: Reply | Uint8Array) => void,
+    readonly reject: (e: Error) => void,
+    /** Only this slot may run it (stats of one helper, tests). */
+    readonly slotIndex: number | undefined,
+  ) {
+    this.deadlineMs = startedAtMs + timeoutMs;
+  }
+
+  replied(reply: Reply): void {
+    this.events.replied(this, reply);
+  }
+
+  failed(err: Error): void {
+    this.events.failed(this, err);
+  }
+
+  /** For messages and logs; built only when needed (formatting LSNs costs more than a replay). */
+  describe(): string {
+    const r = this.request;
+    switch (r.type) {
+      case "apply":
+        return `apply to ${describeTarget(r.apply.target)} (${describeRecords(r.apply.records)})`;
+      case "mask":
+        return `mask of block ${r.mask.blockNumber} with rmgr ${r.mask.rmid}`;
+      case "stats":
+        return "stats";
+      case "test":
+        return `test hook ${r.test.op}`;
+    }
+  }
 }
 
 interface Slot {
@@ -184,6 +236,10 @@ export class WalRedoPool {
   private watchdog: NodeJS.Timeout | undefined;
   private readonly watchdogIntervalMs: number;
   private readonly onAbort = () => void this.close();
+  private readonly jobEvents: JobEvents = {
+    replied: (job, reply) => this.onJobReplied(job, reply),
+    failed: (job, err) => this.onJobFailed(job, err),
+  };
 
   constructor(opts: WalRedoPoolOptions) {
     const size = opts.processes ?? 1;
@@ -215,23 +271,28 @@ export class WalRedoPool {
    * Replays `records` onto the target page (from `basePage`, or from nothing
    * when the first record initializes it) and returns the new page.
    */
-  async apply(req: ApplyRequest): Promise<Uint8Array> {
-    const chunks = splitRecords(req.records, this.opts.maxRequestRecordBytes ?? MAX_REQUEST_RECORD_BYTES);
+  apply(req: ApplyRequest): Promise<Uint8Array> {
+    const maxBytes = this.opts.maxRequestRecordBytes ?? MAX_REQUEST_RECORD_BYTES;
+    if (fitsOneRequest(req.records, maxBytes)) return this.submit<Uint8Array>("apply", { type: "apply", apply: req }, req.records.length);
+    return this.applyInChunks(req, maxBytes);
+  }
+
+  private async applyInChunks(req: ApplyRequest, maxBytes: number): Promise<Uint8Array> {
+    const chunks = splitRecords(req.records, maxBytes);
     let base = req.basePage;
     let page: Uint8Array | undefined;
     for (let i = 0; i < chunks.length; i++) {
       const last = i === chunks.length - 1;
       const chunk: ApplyRequest = { target: req.target, records: chunks[i]!, setChecksum: last && (req.setChecksum ?? false), ...(base ? { basePage: base } : {}) };
-      const reply = await this.submit("apply", { type: "apply", apply: chunk }, chunk.records.length, () => `apply to ${describeTarget(req.target)} (${describeRecords(chunk.records)})`);
-      page = pageOf(reply);
+      page = await this.submit<Uint8Array>("apply", { type: "apply", apply: chunk }, chunk.records.length);
       base = page;
     }
     return page!;
   }
 
   /** The page after the resource manager's mask routine (consistency checks). */
-  async mask(req: MaskRequest): Promise<Uint8Array> {
-    return pageOf(await this.submit("mask", { type: "mask", mask: req }, 0, () => `mask of block ${req.blockNumber} with rmgr ${req.rmid}`));
+  mask(req: MaskRequest): Promise<Uint8Array> {
+    return this.submit<Uint8Array>("mask", { type: "mask", mask: req }, 0);
   }
 
   /** Statistics of every running helper (starts one if none runs). */
@@ -240,7 +301,7 @@ export class WalRedoPool {
     const targets = running.length > 0 ? running.map((s) => s.index) : [undefined];
     return Promise.all(
       targets.map(async (slotIndex) => {
-        const r = await this.submit("stats", { type: "stats" }, 0, () => "stats", slotIndex);
+        const r = await this.submit<Reply>("stats", { type: "stats" }, 0, slotIndex);
         if (r.type !== "stats") throw new StrataError("protocol_violation", `walredo stats: unexpected ${r.type} reply`);
         const slot = slotIndex ?? 0;
         return { ...r.stats, pid: this.slots[slot]?.proc?.pid ?? -1, slot };
@@ -250,7 +311,7 @@ export class WalRedoPool {
 
   /** Fault injection (pool created with testHooks). */
   async testHook(op: TestHookOp, arg = 0, slotIndex?: number): Promise<void> {
-    await this.submit("test", { type: "test", test: { op, arg } }, 0, () => `test hook ${op}`, slotIndex);
+    await this.submit<Reply>("test", { type: "test", test: { op, arg } }, 0, slotIndex);
   }
 
   /** Running helpers (tests, diagnostics). */
@@ -275,34 +336,21 @@ export class WalRedoPool {
 
   // ------------------------------------------------------------ internals
 
-  private submit(kind: Kind, request: Request, records: number, describe: () => string, slotIndex?: number): Promise<Reply> {
-    if (this.closing) {
-      this.metrics.countRequest(kind, "cancelled");
-      return Promise.reject(new StrataError("cancelled", `walredo pool of tenant ${this.tenantId} is shut down; ${describe()} not run`));
-    }
-    if (this.queue.length >= this.maxQueued) {
-      this.metrics.countRequest(kind, "rejected");
-      this.metrics.errors.inc({ code: "unavailable" });
-      return Promise.reject(new StrataError("unavailable", `walredo pool of tenant ${this.tenantId} has ${this.queue.length} queued requests (limit ${this.maxQueued}); ${describe()} rejected`));
-    }
-    return new Promise<Reply>((resolve, reject) => {
-      const now = performance.now();
-      const job: Job = {
-        kind,
-        request,
-        records,
-        describe,
-        startedAtMs: now,
-        resolve,
-        reject,
-        slotIndex,
-        attempts: 0,
-        isolated: false,
-        settled: false,
-        deadlineMs: now + this.timeoutMs,
-        runningOn: undefined,
-        firstFailure: undefined,
-      };
+  /** Queues one request; resolves with a page (apply, mask) or the reply (stats, test). */
+  private submit<T extends Reply | Uint8Array>(kind: Kind, request: Request, records: number, slotIndex?: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const job = new Job(this.jobEvents, kind, request, records, performance.now(), this.timeoutMs, resolve as (v: Reply | Uint8Array) => void, reject, slotIndex);
+      if (this.closing) {
+        this.metrics.countRequest(kind, "cancelled");
+        reject(new StrataError("cancelled", `walredo pool of tenant ${this.tenantId} is shut down; ${job.describe()} not run`));
+        return;
+      }
+      if (this.queue.length >= this.maxQueued) {
+        this.metrics.countRequest(kind, "rejected");
+        this.metrics.errors.inc({ code: "unavailable" });
+        reject(new StrataError("unavailable", `walredo pool of tenant ${this.tenantId} has ${this.queue.length} queued requests (limit ${this.maxQueued}); ${job.describe()} rejected`));
+        return;
+      }
       this.queue.push(job);
       this.armWatchdog();
       this.pump();
@@ -384,7 +432,7 @@ export class WalRedoPool {
   private maybeStartHelper(): void {
     if (this.slots.some((s) => s.starting)) return;
     const anyIdle = this.slots.some((s) => s.proc?.alive && s.proc.inFlightCount === 0 && !s.isolatedBusy);
-    const pinned = [...this.queue, ...this.retryQueue].find((j) => j.slotIndex !== undefined);
+    const pinned = this.retryQueue.find((j) => j.slotIndex !== undefined) ?? this.queue.find((j) => j.slotIndex !== undefined);
     let slot: Slot | undefined;
     if (pinned && !this.slots[pinned.slotIndex!]?.proc?.alive) slot = this.slots[pinned.slotIndex!];
     else if (!anyIdle) slot = this.slots.find((s) => !s.proc);
@@ -477,26 +525,40 @@ export class WalRedoPool {
     const proc = slot.proc!;
     job.attempts++;
     job.runningOn = slot;
+    job.runningPid = proc.pid;
     job.deadlineMs = performance.now() + this.timeoutMs;
     slot.inFlight.push(job);
     if (job.isolated) slot.isolatedBusy = true;
     if (job.kind === "apply") this.metrics.records.inc(job.records);
-    proc.send(job.request, job.kind).then(
-      (reply) => {
-        job.runningOn = undefined;
-        removeFrom(slot.inFlight, job);
-        if (job.isolated) slot.isolatedBusy = false;
-        this.succeed(job, reply);
-        this.pump();
-      },
-      (err: unknown) => {
-        job.runningOn = undefined;
-        removeFrom(slot.inFlight, job);
-        if (job.isolated) slot.isolatedBusy = false;
-        this.onDispatchFailure(job, err instanceof Error ? err : new Error(String(err)), proc.pid);
-        this.pump();
-      },
-    );
+    const err = proc.enqueue(job.request, job.kind, job);
+    // asynchronously, as every other outcome: pump() is not re-entered from dispatch
+    if (err) queueMicrotask(() => job.failed(err));
+  }
+
+  /** The job is no longer in flight on its slot. */
+  private landed(job: Job): void {
+    const slot = job.runningOn;
+    job.runningOn = undefined;
+    if (!slot) return;
+    removeFrom(slot.inFlight, job);
+    if (job.isolated) slot.isolatedBusy = false;
+  }
+
+  private onJobReplied(job: Job, reply: Reply): void {
+    this.landed(job);
+    if (job.kind === "apply" || job.kind === "mask") {
+      if (reply.type === "page") this.succeed(job, reply.page);
+      else this.fail(job, new StrataError("protocol_violation", `walredo ${job.describe()}: expected a page reply, got ${reply.type}`), "process_failure");
+    } else {
+      this.succeed(job, reply);
+    }
+    this.pump();
+  }
+
+  private onJobFailed(job: Job, err: Error): void {
+    this.landed(job);
+    this.onDispatchFailure(job, err, job.runningPid);
+    this.pump();
   }
 
   private onDispatchFailure(job: Job, err: Error, pid: number): void {
@@ -529,7 +591,7 @@ export class WalRedoPool {
     this.fail(job, err, err instanceof WalRedoError ? "error" : "process_failure");
   }
 
-  private succeed(job: Job, reply: Reply): void {
+  private succeed(job: Job, reply: Reply | Uint8Array): void {
     if (job.settled) return;
     job.settled = true;
     this.metrics.countRequest(job.kind, "ok", (performance.now() - job.startedAtMs) / 1000);
@@ -605,12 +667,22 @@ export class WalRedoManager {
   }
 }
 
-function pageOf(reply: Reply): Uint8Array {
-  if (reply.type !== "page") throw new StrataError("protocol_violation", `walredo: expected a page reply, got ${reply.type}`);
-  return reply.page;
+/** The records fit one request (what splitRecords would leave in one piece), without building arrays. */
+function fitsOneRequest(records: readonly RedoRecord[], maxBytes: number): boolean {
+  if (records.length <= 1) return true;
+  let bytes = 0;
+  for (const r of records) {
+    bytes += r.raw.length + 20;
+    if (bytes > maxBytes) return false;
+  }
+  return true;
 }
 
 function removeFrom(list: Job[], job: Job): boolean {
+  if (list[0] === job) {
+    list.shift();
+    return true;
+  }
   const i = list.indexOf(job);
   if (i < 0) return false;
   list.splice(i, 1);

@@ -7,6 +7,7 @@ import {
   MAX_FRAME_BYTES,
   MsgType,
   PAGE_SIZE_BYTES,
+  RequestWriter,
   TestHookOp,
   decodeReply,
   decodeRequest,
@@ -94,6 +95,108 @@ test("FrameDecoder handles byte-at-a-time input", () => {
     }
   }
   assert.equal(n, requests.length);
+});
+
+test("FrameDecoder reassembles small frames split at every pair of offsets (frames straddling three chunks)", () => {
+  const small: Reply[] = [replies[2]!, { type: "ok", requestId: 9 }, replies[4]!, { type: "ok", requestId: 10 }, replies[3]!];
+  const stream = Buffer.concat(small.map(encodeReply));
+  for (let a = 0; a <= stream.length; a++) {
+    for (let b = a; b <= stream.length; b++) {
+      const d = new FrameDecoder();
+      const got: Buffer[] = [];
+      for (const part of [stream.subarray(0, a), stream.subarray(a, b), stream.subarray(b)]) {
+        d.push(part);
+        for (let f = d.next(); f; f = d.next()) got.push(encodeReply(decodeReply(f)));
+      }
+      assert.equal(d.pendingBytes, 0, `cuts at ${a}, ${b}`);
+      assert.ok(Buffer.concat(got).equals(stream), `cuts at ${a}, ${b}`);
+    }
+  }
+});
+
+test("FrameDecoder keeps unread bytes when chunks are pushed without draining", () => {
+  const stream = Buffer.concat(replies.map(encodeReply));
+  const d = new FrameDecoder();
+  const third = Math.floor(stream.length / 3);
+  d.push(stream.subarray(0, third));
+  d.push(stream.subarray(third, 2 * third));
+  d.push(stream.subarray(2 * third));
+  assert.equal(d.pendingBytes, stream.length);
+  const got: Reply[] = [];
+  for (let f = d.next(); f; f = d.next()) got.push(decodeReply(f));
+  assert.equal(got.length, replies.length);
+  assert.equal(d.pendingBytes, 0);
+});
+
+test("FrameDecoder never hands out a view of bytes it later overwrites", () => {
+  // a page frame straddling two chunks is assembled in a buffer of its own;
+  // the payloads of earlier frames stay intact after later pushes
+  const stream = Buffer.concat([encodeReply(replies[1]!), encodeReply({ ...replies[1]!, requestId: 6 } as Reply)]);
+  const d = new FrameDecoder();
+  const cut = 5000;
+  d.push(Buffer.from(stream.subarray(0, cut)));
+  assert.equal(d.next(), undefined);
+  d.push(Buffer.from(stream.subarray(cut, cut + 9000)));
+  const f1 = d.next()!;
+  assert.equal(d.next(), undefined);
+  d.push(Buffer.from(stream.subarray(cut + 9000)));
+  const f2 = d.next()!;
+  assert.deepEqual([f1.requestId, f2.requestId], [5, 6]);
+  assert.deepEqual(new Uint8Array(f1.payload), page(3));
+  assert.deepEqual(new Uint8Array(f2.payload), page(3));
+});
+
+test("RequestWriter batches frames identical to encodeRequest, back to back", () => {
+  const w = new RequestWriter(64); // tiny: every append grows the buffer
+  const expected: Buffer[] = [];
+  requests.forEach((r, i) => {
+    w.append(100 + i, r);
+    expected.push(encodeRequest(100 + i, r));
+  });
+  const batch = w.take();
+  assert.equal(w.pendingBytes, 0);
+  assert.ok(batch.equals(Buffer.concat(expected)));
+  const d = new FrameDecoder();
+  d.push(batch);
+  const ids: number[] = [];
+  for (let f = d.next(); f; f = d.next()) ids.push(decodeRequest(f).requestId);
+  assert.deepEqual(ids, requests.map((_, i) => 100 + i));
+});
+
+test("RequestWriter leaves the batch unchanged when a request is invalid", () => {
+  const w = new RequestWriter();
+  w.append(1, { type: "stats" });
+  const before = w.pendingBytes;
+  const target = { rel, forkNum: 0, blockNumber: 1 };
+  assert.throws(() => w.append(2, { type: "apply", apply: { target, basePage: new Uint8Array(100), records: [] } }), StrataError);
+  assert.throws(() => w.append(2 ** 32, { type: "stats" }), StrataError);
+  assert.equal(w.pendingBytes, before);
+  w.append(3, { type: "stats" });
+  assert.ok(w.take().equals(Buffer.concat([encodeRequest(1, { type: "stats" }), encodeRequest(3, { type: "stats" })])));
+});
+
+test("RequestWriter reuses recycled buffers, but not ones grown past its keep limit", () => {
+  const w = new RequestWriter();
+  w.append(1, requests[0]!);
+  const first = w.take();
+  w.recycle(first);
+  w.append(2, requests[3]!); // into the buffer that replaced `first` at its take
+  const second = w.take();
+  w.append(3, requests[3]!);
+  const third = w.take();
+  assert.ok(third.buffer === first.buffer, "the recycled buffer carries a later batch");
+  assert.ok(second.buffer !== first.buffer);
+  assert.ok(third.equals(encodeRequest(3, requests[3]!)));
+  // a 2 MiB chain grows the buffer; once written it is dropped, not kept
+  const big = { lsn: lsn(0x1000), endLsn: lsn(0x1000 + 2 * 1024 * 1024), raw: new Uint8Array(2 * 1024 * 1024 - 8) };
+  w.append(4, { type: "apply", apply: { target: { rel, forkNum: 0, blockNumber: 1 }, records: [big] } });
+  const large = w.take();
+  assert.ok(large.buffer.byteLength > 2 * 1024 * 1024);
+  w.recycle(large);
+  for (let id = 5; id < 10; id++) {
+    w.append(id, { type: "stats" });
+    assert.ok(w.take().buffer !== large.buffer);
+  }
 });
 
 test("FrameDecoder rejects out-of-range frame lengths", () => {
