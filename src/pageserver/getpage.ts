@@ -1,0 +1,207 @@
+/**
+ * The read path: GetPage@LSN and the datadir queries built on it.
+ *
+ *   page service / ingest / basebackup
+ *        -> Timeline.prepareRead  (wait for last_record_lsn >= lsn, bounded; GC cutoff check)
+ *        -> Timeline.collectVersions (layer map walk, newest first, across ancestors)
+ *        -> materialize: newest cached version (page_cache.ts), else base image,
+ *           then walredo's `reconstruct` (native records in TypeScript, the rest
+ *           through the tenant's PostgreSQL redo pool), which stamps pd_lsn as
+ *           PostgreSQL's redo does; the result is cached at its version LSN.
+ *
+ * Value formats of the non-page keys (sizes, directories) are datadir.ts's;
+ * this module only reads them. Relation existence follows datadir.ts: a fork
+ * exists at X iff its database is in the database directory and the fork is
+ * in the database's relation directory at X.
+ *
+ * Errors: a key with WAL records that no page engine can replay, or records
+ * without a base, is corrupt_data (the stored history is inconsistent); a
+ * damaged layer surfaces as the layer reader's corrupt_data. Every failure
+ * is counted (`read_errors_total{code}`) and returned to the one request;
+ * the timeline keeps serving other keys.
+ */
+import { StrataError } from "../lib/errors.js";
+import { formatLsn, type Lsn } from "../lib/lsn.js";
+import { requestContext, type RequestContext } from "../lib/tasks.js";
+import { BLCKSZ } from "../formats/page.js";
+import { SLRU_PAGES_PER_SEGMENT } from "../formats/wal/rmgr/slru.js";
+import { reconstruct, type RedoKey } from "../walredo/native_redo.js";
+import {
+  decodeDbDir, decodeRelDir, decodeRelSize, decodeSlruDir, decodeSlruSegSize, dbDirEntryId, dbDirEntryOf, redoInputOf, relDirEntryId, relDirEntryOf,
+  type StoredRedoInput,
+} from "./datadir.js";
+import {
+  DBDIR_KEY, decodeKey, formatKey, relDirKey, relSizeKey, slruBlockKey, slruDirKey, slruSegSizeKey, SlruKind, type Key, type RelTag,
+} from "./key.js";
+import type { CollectedVersions, Timeline } from "./timeline.js";
+
+/** A context for reads the pageserver makes on its own behalf (image creation, metadata lookups). */
+export function internalContext(signal: AbortSignal = new AbortController().signal): RequestContext {
+  return requestContext("other", signal);
+}
+
+/** The redo engines' description of a page key; non-page keys cannot have WAL records. */
+export function redoKeyOf(key: Key): RedoKey {
+  const info = decodeKey(key);
+  if (info.kind === "rel_block") {
+    return { kind: "rel", rel: { spcOid: info.rel.spcOid, dbOid: info.rel.dbOid, relNumber: info.rel.relNumber }, forkNum: info.rel.fork, blockNumber: info.blockNumber };
+  }
+  if (info.kind === "slru_block") {
+    const slru = info.slru === SlruKind.Clog ? "clog" : info.slru === SlruKind.MultiXactOffsets ? "multixact_offsets" : "multixact_members";
+    return { kind: "slru", slru, pageno: info.segNo * SLRU_PAGES_PER_SEGMENT + info.blockNumber };
+  }
+  throw new StrataError("corrupt_data", `Key ${formatKey(key)} (${info.kind}) has WAL records stored, but only page keys can be replayed`);
+}
+
+function countError(tl: Timeline, e: unknown): void {
+  const code = e instanceof StrataError ? e.code : "internal";
+  tl.deps.metrics.readErrors.labels(code).inc();
+}
+
+/**
+ * The value of `key` as of `lsn` after waiting for ingest (bounded), or
+ * undefined when no version exists. Pages come back as fresh copies.
+ */
+export async function readValue(tl: Timeline, key: Key, lsn: Lsn, ctx: RequestContext): Promise<Uint8Array | undefined> {
+  try {
+    await tl.prepareRead(lsn, ctx);
+    const v = await tl.collectVersions(key, lsn);
+    if (!v.found) return undefined;
+    return await materialize(tl, v);
+  } catch (e) {
+    countError(tl, e);
+    throw e;
+  }
+}
+
+/** A page (relation block or SLRU page) as of `lsn`; all zeros when the key has no version. */
+export async function readPage(tl: Timeline, key: Key, lsn: Lsn, ctx: RequestContext): Promise<Uint8Array> {
+  return (await readValue(tl, key, lsn, ctx)) ?? new Uint8Array(BLCKSZ);
+}
+
+/**
+ * Turns collected versions into bytes: the newest cached materialization (or
+ * the base image) plus replay of the records above it.
+ */
+export async function materialize(tl: Timeline, v: CollectedVersions): Promise<Uint8Array> {
+  const { key, records } = v;
+  const cache = tl.deps.pageCache;
+  const metrics = tl.deps.metrics;
+  const n = records.length;
+  if (n === 0) {
+    if (v.image === undefined) throw new StrataError("internal", `No version of ${formatKey(key)} at ${formatLsn(v.lsn)} to materialize`);
+    return new Uint8Array(v.image.bytes);
+  }
+  const newest = records[n - 1]!.lsn;
+  const hit = cache.get(tl.timelineId, key, newest);
+  if (hit !== undefined) {
+    metrics.pageCacheHits.inc();
+    return new Uint8Array(hit);
+  }
+  metrics.pageCacheMisses.inc();
+  let base: Uint8Array | undefined = v.image?.bytes;
+  let from = 0;
+  for (let i = n - 2; i >= 0; i--) {
+    const p = cache.peek(tl.timelineId, key, records[i]!.lsn);
+    if (p !== undefined) {
+      base = p;
+      from = i + 1;
+      break;
+    }
+  }
+  const redoKey = redoKeyOf(key);
+  const inputs: StoredRedoInput[] = [];
+  for (let i = from; i < n; i++) {
+    const r = records[i]!;
+    inputs.push(redoInputOf(r.value, `WAL value of ${formatKey(key)} at ${formatLsn(r.lsn)}`));
+  }
+  const dataChecksums = redoKey.kind === "rel" ? await tl.clusterHasDataChecksums() : false;
+  const needsHelper = inputs.some((i) => i.kind === "wal");
+  const pool = needsHelper ? await tl.redoPool() : undefined;
+  let page: Uint8Array;
+  try {
+    page = await reconstruct(redoKey, base, inputs, { ...(pool === undefined ? {} : { pool }), setChecksum: dataChecksums });
+  } catch (e) {
+    if (e instanceof StrataError && e.code === "invalid_argument") {
+      throw new StrataError("corrupt_data", `Cannot reconstruct ${formatKey(key)} at ${formatLsn(v.lsn)}: ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+  metrics.redoCalls.inc();
+  metrics.reconstructRecords.inc(inputs.length);
+  cache.put(tl.timelineId, key, newest, page);
+  return new Uint8Array(page);
+}
+
+// ------------------------------------------------------------ datadir queries
+
+/** The (spc, db) pairs of the database directory at `lsn` (empty before bootstrap). */
+export async function listDatabases(tl: Timeline, lsn: Lsn, ctx: RequestContext): Promise<Array<{ spcOid: number; dbOid: number }>> {
+  const v = await tl.get(DBDIR_KEY, lsn, ctx);
+  if (v === undefined) return [];
+  return [...decodeDbDir(v)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).map(dbDirEntryOf);
+}
+
+async function dbExists(tl: Timeline, spcOid: number, dbOid: number, lsn: Lsn, ctx: RequestContext): Promise<boolean> {
+  const v = await tl.get(DBDIR_KEY, lsn, ctx);
+  return v !== undefined && decodeDbDir(v).has(dbDirEntryId(spcOid, dbOid));
+}
+
+/** The relation forks of one database at `lsn`, sorted. */
+export async function listRelations(tl: Timeline, spcOid: number, dbOid: number, lsn: Lsn, ctx: RequestContext): Promise<RelTag[]> {
+  if (!(await dbExists(tl, spcOid, dbOid, lsn, ctx))) return [];
+  const v = await tl.get(relDirKey(spcOid, dbOid), lsn, ctx);
+  if (v === undefined) return [];
+  return [...decodeRelDir(v)].sort((a, b) => a - b).map((id) => ({ spcOid, dbOid, ...relDirEntryOf(id) }));
+}
+
+/** Whether the relation fork exists at `lsn`. */
+export async function relExists(tl: Timeline, rel: RelTag, lsn: Lsn, ctx: RequestContext): Promise<boolean> {
+  if (!(await dbExists(tl, rel.spcOid, rel.dbOid, lsn, ctx))) return false;
+  const v = await tl.get(relDirKey(rel.spcOid, rel.dbOid), lsn, ctx);
+  return v !== undefined && decodeRelDir(v).has(relDirEntryId(rel.relNumber, rel.fork));
+}
+
+/** Blocks of the relation fork at `lsn`; not_found when it does not exist. */
+export async function relSize(tl: Timeline, rel: RelTag, lsn: Lsn, ctx: RequestContext): Promise<number> {
+  if (!(await relExists(tl, rel, lsn, ctx))) {
+    throw new StrataError("not_found", `Relation ${rel.spcOid}/${rel.dbOid}/${rel.relNumber} fork ${rel.fork} does not exist at ${formatLsn(lsn)}`);
+  }
+  const v = await tl.get(relSizeKey(rel), lsn, ctx);
+  const n = v === undefined ? 0 : decodeRelSize(v);
+  return n ?? 0;
+}
+
+/** Bytes of all relation forks of a database at `lsn` (pg_database_size's relation part). */
+export async function dbSizeBytes(tl: Timeline, spcOid: number, dbOid: number, lsn: Lsn, ctx: RequestContext): Promise<bigint> {
+  let total = 0n;
+  for (const rel of await listRelations(tl, spcOid, dbOid, lsn, ctx)) {
+    const v = await tl.get(relSizeKey(rel), lsn, ctx);
+    total += BigInt(v === undefined ? 0 : (decodeRelSize(v) ?? 0)) * BigInt(BLCKSZ);
+  }
+  return total;
+}
+
+/** Segment numbers of an SLRU at `lsn`. */
+export async function listSlruSegments(tl: Timeline, kind: SlruKind, lsn: Lsn, ctx: RequestContext): Promise<number[]> {
+  const v = await tl.get(slruDirKey(kind), lsn, ctx);
+  return v === undefined ? [] : [...decodeSlruDir(v)].sort((a, b) => a - b);
+}
+
+/** Pages of one SLRU segment at `lsn`; not_found when the segment does not exist. */
+export async function slruSegmentPages(tl: Timeline, kind: SlruKind, segNo: number, lsn: Lsn, ctx: RequestContext): Promise<number> {
+  const dir = await tl.get(slruDirKey(kind), lsn, ctx);
+  if (dir === undefined || !decodeSlruDir(dir).has(segNo)) {
+    throw new StrataError("not_found", `SLRU ${SlruKind[kind]} segment ${segNo} does not exist at ${formatLsn(lsn)}`);
+  }
+  const v = await tl.get(slruSegSizeKey(kind, segNo), lsn, ctx);
+  return v === undefined ? 0 : decodeSlruSegSize(v);
+}
+
+/** The contents of one SLRU segment at `lsn` (its pages concatenated, as the file in pg_xact etc.). */
+export async function readSlruSegment(tl: Timeline, kind: SlruKind, segNo: number, lsn: Lsn, ctx: RequestContext): Promise<Uint8Array> {
+  const pages = await slruSegmentPages(tl, kind, segNo, lsn, ctx);
+  const out = new Uint8Array(pages * BLCKSZ);
+  for (let p = 0; p < pages; p++) out.set(await tl.getPage(slruBlockKey(kind, segNo, p), lsn, ctx), p * BLCKSZ);
+  return out;
+}

@@ -1,0 +1,188 @@
+/**
+ * The pageserver's HTTP management API (JSON), on the shared fastify base
+ * (src/lib/http.ts: error mapping, body limits, /metrics).
+ *
+ *   GET    /v1/status
+ *   POST   /v1/tenant                          {tenant_id?, config?}        -> 201 {tenant_id}
+ *   GET    /v1/tenant                                                       -> [tenant]
+ *   GET    /v1/tenant/:tenant_id                                            -> tenant
+ *   PATCH  /v1/tenant/:tenant_id/config        {setting: value, ...}        -> config
+ *   DELETE /v1/tenant/:tenant_id
+ *   POST   /v1/tenant/:tenant_id/timeline      {new_timeline_id?, ancestor_timeline_id?, ancestor_start_lsn?,
+ *                                               pg_version?, import_datadir?}  -> 201 timeline
+ *          (a branch when ancestor_timeline_id is given; else an empty root, bootstrapped from
+ *           import_datadir — a cleanly shut-down PostgreSQL 15 data directory on this host — when given)
+ *   GET    /v1/tenant/:tenant_id/timeline                                   -> [timeline]
+ *   GET    /v1/tenant/:tenant_id/timeline/:timeline_id                      -> timeline (LSNs, layers, ancestor, WAL receiver)
+ *   DELETE /v1/tenant/:tenant_id/timeline/:timeline_id
+ *   PUT    /v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint           flush open layers now
+ *   PUT    /v1/tenant/:tenant_id/timeline/:timeline_id/compact  {force?}    merge level-0 deltas, create image layers where needed
+ *   GET    /metrics                                                         Prometheus
+ *
+ * Ids and LSNs from the URL or body are validated here (400 with the
+ * offending text); a Broken tenant or timeline is listed with its reason.
+ */
+import type { FastifyInstance } from "fastify";
+import type { Logger } from "pino";
+import { StrataError } from "../lib/errors.js";
+import { createHttpApi } from "../lib/http.js";
+import { generateTimelineId, parseTenantId, parseTimelineId, type TenantId } from "../lib/id.js";
+import { formatLsn, parseLsn, type Lsn } from "../lib/lsn.js";
+import type { Registry } from "../lib/metrics.js";
+import { compactLevel0, createImageLayers } from "./compaction.js";
+import type { Tenant } from "./tenant.js";
+import type { TenantManager } from "./tenant_manager.js";
+import type { Timeline } from "./timeline.js";
+import type { WalReceiverStatus } from "./wal_receiver.js";
+
+/** What the API needs from the running pageserver besides the tenants. */
+export interface PageserverControl {
+  readonly tenants: TenantManager;
+  /** Called after a timeline is created and ready for WAL (starts its WAL receiver). */
+  timelineReady(tl: Timeline): void;
+  /** Called before a timeline is deleted (stops its WAL receiver). */
+  timelineGone(tl: Timeline): Promise<void>;
+  walReceiverStatus(tl: Timeline): WalReceiverStatus | undefined;
+  /** Imports a data directory into an empty root timeline (bootstrap). */
+  importDatadir(tl: Timeline, datadir: string): Promise<{ lsn: Lsn }>;
+}
+
+function lsnParam(v: unknown, what: string): Lsn {
+  if (typeof v !== "string") throw new StrataError("invalid_argument", `${what} must be an LSN string like "0/16B3748"`);
+  try {
+    return parseLsn(v);
+  } catch (e) {
+    throw new StrataError("invalid_argument", `${what}: ${(e as Error).message}`);
+  }
+}
+
+function body(req: { body: unknown }): Record<string, unknown> {
+  const b = req.body;
+  if (b === undefined || b === null) return {};
+  if (typeof b !== "object" || Array.isArray(b)) throw new StrataError("invalid_argument", "Request body must be a JSON object");
+  return b as Record<string, unknown>;
+}
+
+export function tenantJson(t: Tenant) {
+  return {
+    id: t.tenantId,
+    state: t.state,
+    ...(t.brokenReason === undefined ? {} : { broken_reason: t.brokenReason }),
+    timelines: t.listTimelines().length,
+    config: t.conf,
+  };
+}
+
+export function timelineJson(tl: Timeline, walReceiver?: WalReceiverStatus) {
+  const layers = tl.layerInfos();
+  const g = tl.state === "active" ? tl.gaugeSource() : undefined;
+  return {
+    tenant_id: tl.tenantId,
+    timeline_id: tl.timelineId,
+    state: tl.state,
+    ...(tl.brokenReason === undefined ? {} : { broken_reason: tl.brokenReason }),
+    ancestor_timeline_id: tl.ancestorTimelineId ?? null,
+    ancestor_lsn: tl.ancestorTimelineId === undefined ? null : formatLsn(tl.ancestorLsn),
+    last_record_lsn: formatLsn(tl.lastRecordLsn),
+    prev_record_lsn: tl.prevRecordLsn === undefined ? null : formatLsn(tl.prevRecordLsn),
+    disk_consistent_lsn: formatLsn(tl.diskConsistentLsn),
+    remote_consistent_lsn: "0/0",
+    latest_gc_cutoff_lsn: formatLsn(tl.latestGcCutoffLsn),
+    initdb_lsn: formatLsn(tl.initdbLsn),
+    commit_lsn_seen: formatLsn(tl.remoteCommitLsn),
+    pg_version: tl.pgVersion,
+    layers: {
+      delta: layers.filter((l) => l.kind === "delta").length,
+      image: layers.filter((l) => l.kind === "image").length,
+      bytes: layers.reduce((a, l) => a + l.sizeBytes, 0),
+      frozen_in_memory: g?.layerCounts.frozen ?? 0,
+      open_in_memory: g?.layerCounts.open ?? 0,
+    },
+    wal_receiver: walReceiver ?? null,
+  };
+}
+
+export function buildHttpApi(ps: PageserverControl, opts: { log: Logger; registry: Registry }): FastifyInstance {
+  const app = createHttpApi(opts);
+  const tenants = ps.tenants;
+  const tenantOf = (p: { tenant_id: string }): Tenant => tenants.get(parseTenantId(p.tenant_id));
+  const timelineOf = (p: { tenant_id: string; timeline_id: string }): Timeline => tenantOf(p).getTimeline(parseTimelineId(p.timeline_id));
+
+  app.get("/v1/status", async () => ({ tenants: tenants.list().length, timelines: tenants.allTimelines().length }));
+
+  app.post("/v1/tenant", async (req, reply) => {
+    const b = body(req);
+    const id: TenantId | undefined = b.tenant_id === undefined ? undefined : parseTenantId(String(b.tenant_id));
+    const t = await tenants.createTenant(id, b.config);
+    t.activate();
+    return reply.status(201).send({ tenant_id: t.tenantId });
+  });
+  app.get("/v1/tenant", async () => tenants.list().map(tenantJson));
+  app.get<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id", async (req) => tenantJson(tenantOf(req.params)));
+  app.patch<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/config", async (req) => tenantOf(req.params).updateConfig(body(req)));
+  app.delete<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id", async (req) => {
+    const t = tenantOf(req.params);
+    for (const tl of t.listTimelines()) await ps.timelineGone(tl);
+    await tenants.deleteTenant(t.tenantId);
+    return { deleted: t.tenantId };
+  });
+
+  app.post<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/timeline", async (req, reply) => {
+    const t = tenantOf(req.params);
+    const b = body(req);
+    const id = b.new_timeline_id === undefined ? generateTimelineId() : parseTimelineId(String(b.new_timeline_id));
+    let tl: Timeline;
+    if (b.ancestor_timeline_id !== undefined) {
+      if (b.import_datadir !== undefined) throw new StrataError("invalid_argument", "A branch cannot also import a data directory");
+      tl = await t.createTimeline(id, {
+        ancestorTimelineId: parseTimelineId(String(b.ancestor_timeline_id)),
+        ...(b.ancestor_start_lsn === undefined ? {} : { ancestorLsn: lsnParam(b.ancestor_start_lsn, "ancestor_start_lsn") }),
+      });
+    } else {
+      const pgVersion = b.pg_version === undefined ? 15 : Number(b.pg_version);
+      if (pgVersion !== 15) throw new StrataError("unsupported", `pg_version ${String(b.pg_version)}: only PostgreSQL 15 is supported`);
+      tl = await t.createTimeline(id, { pgVersion });
+      if (b.import_datadir !== undefined) {
+        try {
+          await ps.importDatadir(tl, String(b.import_datadir));
+        } catch (e) {
+          await t.deleteTimeline(id).catch(() => undefined);
+          throw e;
+        }
+      }
+    }
+    ps.timelineReady(tl);
+    return reply.status(201).send(timelineJson(tl, ps.walReceiverStatus(tl)));
+  });
+  app.get<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/timeline", async (req) => tenantOf(req.params).listTimelines().map((tl) => timelineJson(tl, ps.walReceiverStatus(tl))));
+  app.get<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id", async (req) => {
+    const tl = timelineOf(req.params);
+    return timelineJson(tl, ps.walReceiverStatus(tl));
+  });
+  app.delete<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id", async (req) => {
+    const tl = timelineOf(req.params);
+    const t = tenantOf(req.params);
+    if (t.listTimelines().some((c) => c.ancestorTimelineId === tl.timelineId)) {
+      throw new StrataError("invalid_argument", `Timeline ${tl.timelineId} has child timelines; delete them first`);
+    }
+    await ps.timelineGone(tl);
+    await t.deleteTimeline(tl.timelineId);
+    return { deleted: tl.timelineId };
+  });
+  app.put<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint", async (req) => {
+    const tl = timelineOf(req.params);
+    await tl.checkpoint();
+    return timelineJson(tl, ps.walReceiverStatus(tl));
+  });
+  app.put<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id/compact", async (req) => {
+    const tl = timelineOf(req.params);
+    await tl.checkpoint();
+    const force = body(req).force === true;
+    return tl.withCompactionLock(async () => {
+      const level0 = await compactLevel0(tl, { force });
+      const images = await createImageLayers(tl, { force });
+      return { level0, images };
+    });
+  });
+  return app;
+}

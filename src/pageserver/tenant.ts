@@ -1,0 +1,279 @@
+/**
+ * A tenant: one customer's set of timelines, with its settings and its WAL
+ * redo pool.
+ *
+ * On disk: `tenants/<tenant_id>/config.json` (tenant settings, config.ts,
+ * written atomically) and `tenants/<tenant_id>/timelines/<timeline_id>/`
+ * (timeline.ts). A tenant directory without a valid config.json is Broken
+ * (reported with the reason; its timelines are not loaded).
+ *
+ * Timelines load ancestors first (a branch needs its parent's layer map to
+ * answer reads below the branch point); a timeline whose ancestor is missing
+ * or broken is itself broken, the others serve. Creating a timeline is
+ * either an empty root (bootstrapped by import_datadir, then fed WAL) or a
+ * branch (parent + LSN, O(1): only a directory and a metadata file).
+ *
+ * Isolation: every redo request of this tenant goes to the tenant's own pool
+ * (`WalRedoManager.pool(tenantId)`), never to another tenant's processes.
+ *
+ * Deletion of a timeline renames its directory to `<id>.___deleted` first
+ * (one atomic step), then removes it; a crash in between leaves a marker
+ * that the next load finishes removing. A timeline with children cannot be
+ * deleted.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdir, open, readdir, readFile, rename, rm, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { StrataError } from "../lib/errors.js";
+import { isIdText, parseTimelineId, type TenantId, type TimelineId } from "../lib/id.js";
+import type { Lsn } from "../lib/lsn.js";
+import type { TaskManager } from "../lib/tasks.js";
+import type { WalRedoManager } from "../walredo/pool.js";
+import { parseTenantConfig, type TenantConfig } from "./config.js";
+import type { IndexPageCache } from "./layers/page_cache.js";
+import { fsyncDir } from "./layers/layer_file.js";
+import { readMetadata } from "./metadata.js";
+import type { PageserverMetrics } from "./metrics.js";
+import type { MaterializedPageCache } from "./page_cache.js";
+import { Timeline, type TimelineDeps } from "./timeline.js";
+
+export const TENANT_CONFIG_FILE_NAME = "config.json";
+export const TIMELINES_DIR_NAME = "timelines";
+const DELETED_SUFFIX = ".___deleted";
+
+export type TenantState = "active" | "broken" | "stopping" | "stopped";
+
+/** Process-wide services a tenant uses. */
+export interface TenantDeps {
+  readonly tasks: TaskManager;
+  readonly log: Logger;
+  readonly metrics: PageserverMetrics;
+  readonly pageCache: MaterializedPageCache;
+  readonly indexCache?: IndexPageCache;
+  readonly redo: WalRedoManager;
+}
+
+async function writeFileAtomic(dir: string, name: string, data: string): Promise<void> {
+  const tmp = join(dir, `${name}.${randomBytes(4).toString("hex")}.tmp`);
+  const fh = await open(tmp, "wx");
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, join(dir, name));
+  await fsyncDir(dir);
+}
+
+export class Tenant {
+  state: TenantState = "active";
+  brokenReason: string | undefined;
+  private readonly timelines = new Map<TimelineId, Timeline>();
+  readonly log: Logger;
+
+  private constructor(
+    readonly deps: TenantDeps,
+    readonly tenantId: TenantId,
+    readonly dir: string,
+    private config: TenantConfig,
+  ) {
+    this.log = deps.log.child({ tenant_id: tenantId });
+  }
+
+  get conf(): TenantConfig {
+    return this.config;
+  }
+
+  /** Creates the tenant directory and config durably. */
+  static async create(deps: TenantDeps, dir: string, tenantId: TenantId, config: TenantConfig): Promise<Tenant> {
+    try {
+      await mkdir(dir);
+    } catch (e) {
+      const exists = (e as NodeJS.ErrnoException).code === "EEXIST";
+      throw new StrataError(exists ? "invalid_argument" : "io_error", exists ? `Tenant ${tenantId} already exists` : `Cannot create tenant directory ${dir}: ${(e as Error).message}`, { cause: e });
+    }
+    await mkdir(join(dir, TIMELINES_DIR_NAME));
+    await writeFileAtomic(dir, TENANT_CONFIG_FILE_NAME, JSON.stringify(config, null, 2) + "\n");
+    await fsyncDir(join(dir, ".."));
+    return new Tenant(deps, tenantId, dir, config);
+  }
+
+  /** Loads config and timelines; never throws for damaged state (the tenant or timeline is Broken instead). */
+  static async load(deps: TenantDeps, dir: string, tenantId: TenantId): Promise<Tenant> {
+    let config: TenantConfig;
+    try {
+      config = parseTenantConfig(JSON.parse(await readFile(join(dir, TENANT_CONFIG_FILE_NAME), "utf8")));
+    } catch (e) {
+      const t = new Tenant(deps, tenantId, dir, parseTenantConfig(undefined));
+      t.setBroken(`cannot load ${TENANT_CONFIG_FILE_NAME}: ${(e as Error).message}`);
+      return t;
+    }
+    const t = new Tenant(deps, tenantId, dir, config);
+    try {
+      await t.loadTimelines();
+    } catch (e) {
+      t.setBroken(`cannot list timelines: ${(e as Error).message}`);
+    }
+    return t;
+  }
+
+  private async loadTimelines(): Promise<void> {
+    const tdir = join(this.dir, TIMELINES_DIR_NAME);
+    const names = await readdir(tdir);
+    const ids: TimelineId[] = [];
+    for (const n of names) {
+      if (n.endsWith(DELETED_SUFFIX)) {
+        await rm(join(tdir, n), { recursive: true, force: true });
+        continue;
+      }
+      if (!isIdText(n)) {
+        this.log.warn({ entry: n }, "ignoring unknown entry in timelines directory");
+        continue;
+      }
+      ids.push(parseTimelineId(n));
+    }
+    // Ancestors first: read each metadata to learn the parent, then load in dependency order.
+    const parentOf = new Map<TimelineId, TimelineId | undefined>();
+    for (const id of ids) {
+      try {
+        parentOf.set(id, (await readMetadata(join(tdir, id))).ancestorTimelineId);
+      } catch {
+        parentOf.set(id, undefined); // Timeline.load reports the damage
+      }
+    }
+    const loading = new Set<TimelineId>();
+    const loadOne = async (id: TimelineId): Promise<void> => {
+      if (this.timelines.has(id) || loading.has(id)) return;
+      loading.add(id);
+      const parent = parentOf.get(id);
+      if (parent !== undefined && parentOf.has(parent)) await loadOne(parent);
+      const tl = await Timeline.load(this.timelineDeps(), join(tdir, id), id, (a) => this.timelines.get(a));
+      this.timelines.set(id, tl);
+    };
+    for (const id of ids) await loadOne(id);
+  }
+
+  timelineDeps(): TimelineDeps {
+    return {
+      tenantId: this.tenantId,
+      conf: () => this.config,
+      tasks: this.deps.tasks,
+      log: this.deps.log,
+      metrics: this.deps.metrics,
+      pageCache: this.deps.pageCache,
+      ...(this.deps.indexCache === undefined ? {} : { indexCache: this.deps.indexCache }),
+      redoPool: (s) => this.deps.redo.pool(this.tenantId, s),
+    };
+  }
+
+  setBroken(reason: string): void {
+    this.state = "broken";
+    this.brokenReason = reason;
+    this.log.error({ reason }, "tenant is broken");
+  }
+
+  /** Starts background tasks of every active timeline. */
+  activate(): void {
+    for (const tl of this.timelines.values()) tl.activate();
+  }
+
+  private checkActive(): void {
+    if (this.state === "broken") throw new StrataError("unavailable", `Tenant ${this.tenantId} is broken: ${this.brokenReason}`);
+    if (this.state !== "active") throw new StrataError("cancelled", `Tenant ${this.tenantId} is ${this.state}`);
+  }
+
+  async updateConfig(patch: unknown): Promise<TenantConfig> {
+    this.checkActive();
+    const next = parseTenantConfig(patch, this.config);
+    await writeFileAtomic(this.dir, TENANT_CONFIG_FILE_NAME, JSON.stringify(next, null, 2) + "\n");
+    this.config = next;
+    return next;
+  }
+
+  listTimelines(): Timeline[] {
+    return [...this.timelines.values()];
+  }
+
+  /** The timeline, or not_found. */
+  getTimeline(id: TimelineId): Timeline {
+    const tl = this.timelines.get(id);
+    if (tl === undefined) throw new StrataError("not_found", `Timeline ${id} of tenant ${this.tenantId} not found`);
+    return tl;
+  }
+
+  /**
+   * Creates a timeline: a branch when `ancestorTimelineId` is given (at
+   * `ancestorLsn`, default the ancestor's last_record_lsn), else an empty root
+   * to be bootstrapped by import.
+   */
+  async createTimeline(id: TimelineId, opts: { ancestorTimelineId?: TimelineId; ancestorLsn?: Lsn; pgVersion?: number } = {}): Promise<Timeline> {
+    this.checkActive();
+    if (this.timelines.has(id)) throw new StrataError("invalid_argument", `Timeline ${id} of tenant ${this.tenantId} already exists`);
+    const dir = join(this.dir, TIMELINES_DIR_NAME, id);
+    let tl: Timeline;
+    if (opts.ancestorTimelineId !== undefined) {
+      const parent = this.getTimeline(opts.ancestorTimelineId);
+      const at = opts.ancestorLsn ?? parent.lastRecordLsn;
+      // Branching at an LSN not yet ingested waits for it (bounded).
+      if (at > parent.lastRecordLsn) await parent.waitForLsn(at);
+      tl = await Timeline.create(this.timelineDeps(), dir, id, { ancestor: { timeline: parent, lsn: at } });
+    } else {
+      tl = await Timeline.create(this.timelineDeps(), dir, id, { ...(opts.pgVersion === undefined ? {} : { pgVersion: opts.pgVersion }) });
+    }
+    this.timelines.set(id, tl);
+    tl.activate();
+    return tl;
+  }
+
+  /** Deletes a timeline without children: stops it, then removes its directory (crash-safe via a rename). */
+  async deleteTimeline(id: TimelineId): Promise<void> {
+    const tl = this.getTimeline(id);
+    const children = this.listTimelines().filter((t) => t.ancestorTimelineId === id);
+    if (children.length > 0) {
+      throw new StrataError("invalid_argument", `Timeline ${id} has ${children.length} child timeline(s) (${children.map((c) => c.timelineId).join(", ")}); delete them first`);
+    }
+    await tl.shutdown();
+    this.timelines.delete(id);
+    const gone = `${tl.dir}${DELETED_SUFFIX}`;
+    await rename(tl.dir, gone);
+    await fsyncDir(join(this.dir, TIMELINES_DIR_NAME));
+    await rm(gone, { recursive: true, force: true });
+  }
+
+  /** Stops every timeline (children first), optionally flushing open layers, then the tenant's redo pool. */
+  async shutdown(opts: { flush?: boolean } = {}): Promise<void> {
+    if (this.state === "stopped") return;
+    if (this.state !== "broken") this.state = "stopping";
+    const byDepth = this.listTimelines().sort((a, b) => depth(b) - depth(a));
+    for (const tl of byDepth) await tl.shutdown(opts);
+    await this.deps.tasks.shutdown({ tenantId: this.tenantId });
+    await this.deps.redo.detach(this.tenantId);
+    if (this.state !== "broken") this.state = "stopped";
+  }
+
+  /** Removes the tenant's files (after shutdown). */
+  async removeFiles(): Promise<void> {
+    const gone = `${this.dir}${DELETED_SUFFIX}`;
+    await rename(this.dir, gone);
+    await fsyncDir(join(this.dir, ".."));
+    await rm(gone, { recursive: true, force: true });
+  }
+}
+
+function depth(tl: Timeline): number {
+  let d = 0;
+  for (let t = tl.ancestor; t !== undefined; t = t.ancestor) d++;
+  return d;
+}
+
+/** Removes leftovers of interrupted deletions in a tenants directory. */
+export async function removeDeletedMarkers(tenantsDir: string): Promise<void> {
+  for (const n of await readdir(tenantsDir)) {
+    if (n.endsWith(DELETED_SUFFIX)) await rm(join(tenantsDir, n), { recursive: true, force: true });
+    else if (n.endsWith(".tmp")) await unlink(join(tenantsDir, n)).catch(() => undefined);
+  }
+}
+
+export { DELETED_SUFFIX };
