@@ -17,6 +17,7 @@ program
 // register:begin
 (await import("./controlfile.js")).register(program);
 (await import("./wal_dump.js")).register(program);
+(await import("./safekeeper.js")).register(program);
 (await import("./pageserver.js")).register(program);
 // register:end
 

@@ -1,0 +1,184 @@
+/**
+ * Benchmark: what a strata safekeeper costs a committing PostgreSQL.
+ *
+ *   node dist/bench/safekeeper.js [--duration S] [--clients N] [--scale N] [--rounds R]
+ *
+ * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
+ * load, synchronous_commit = on, in three set-ups on the same machine in one
+ * run:
+ *   (a) one strata safekeeper (`strata safekeeper` child process) as the only
+ *       synchronous standby sk_1;
+ *   (b) `pg_receivewal --synchronous --slot` playing the same role (it
+ *       fsyncs each write and reports the flush position at once);
+ *   (c) asynchronous commit (synchronous_commit = off, no standby waited for).
+ * For each: TPS and per-transaction latency p50/p99 from pgbench's
+ * transaction log. Then the ratios a/b and a/c of TPS (goal: a/b >= 1.0).
+ * `--rounds` repeats the a/b/c sequence (alternating cancels drift in the
+ * machine's load); figures are per round and their median.
+ *
+ * Runs on demand only, never in the test suite.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { startPostgres, type PgServer } from "../test/harness/pg_server.js";
+import { freePort } from "../test/harness/ports.js";
+import { makeTempDir, PG_BIN_DIR, removeTempDir, runTool } from "../test/harness/tools.js";
+import { generateTenantId, generateTimelineId } from "../src/lib/id.js";
+import { http, startChild, stopChild, waitFor, type ChildSafekeeper } from "../test/safekeeper_helpers.js";
+
+function arg(name: string, dflt: number): number {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? Number(process.argv[i + 1]) : dflt;
+}
+
+const DURATION_S = arg("--duration", 15);
+const CLIENTS = arg("--clients", 8);
+const SCALE = arg("--scale", 5);
+const ROUNDS = arg("--rounds", 1);
+
+interface Result {
+  mode: string;
+  /** CPU seconds the standby process (safekeeper or pg_receivewal) used during the run. */
+  standbyCpuS?: number;
+  tps: number;
+  p50Ms: number;
+  p99Ms: number;
+  transactions: number;
+}
+
+/** USER_HZ on Linux. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** utime + stime of a process, in seconds. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** Runs `fn` and adds the CPU time process `pid` used meanwhile. */
+async function withCpu(pid: number | undefined, fn: () => Promise<Result>): Promise<Result> {
+  if (pid === undefined) return await fn();
+  const before = await cpuSeconds(pid);
+  const r = await fn();
+  return { ...r, standbyCpuS: (await cpuSeconds(pid)) - before };
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function pgbenchRun(pg: PgServer, mode: string, env: Record<string, string> = {}): Promise<Result> {
+  const logDir = await makeTempDir("pgbench-log");
+  try {
+    const r = await runTool(
+      "pgbench",
+      ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(DURATION_S), "-l", "--log-prefix", join(logDir, "tx"), "postgres"],
+      { timeoutMs: (DURATION_S + 120) * 1000, env, cwd: logDir },
+    );
+    if (r.code !== 0) throw new Error(`pgbench (${mode}) failed: ${r.stderr}`);
+    const out = r.stdout + r.stderr;
+    const tps = Number(/tps = ([0-9.]+) \(without initial connection time\)/.exec(out)?.[1]);
+    const lat: number[] = [];
+    for (const f of await readdir(logDir)) {
+      for (const line of (await readFile(join(logDir, f), "utf8")).split("\n")) {
+        const us = line.split(" ")[2];
+        if (us !== undefined && us !== "") lat.push(Number(us) / 1000);
+      }
+    }
+    lat.sort((a, b) => a - b);
+    return { mode, tps, p50Ms: percentile(lat, 50), p99Ms: percentile(lat, 99), transactions: lat.length };
+  } finally {
+    await removeTempDir(logDir);
+  }
+}
+
+async function setSyncNames(pg: PgServer, names: string): Promise<void> {
+  await pg.sql(`ALTER SYSTEM SET synchronous_standby_names = '${names}'; SELECT pg_reload_conf();`);
+}
+
+async function waitSync(pg: PgServer, app: string): Promise<void> {
+  await waitFor(`${app} to be the synchronous standby`, async () => (await pg.sql(`SELECT count(*) FROM pg_stat_replication WHERE application_name = '${app}' AND sync_state = 'sync'`)) === "1", 30_000, 100);
+}
+
+async function runStrata(pg: PgServer): Promise<Result> {
+  const dataDir = await makeTempDir("bench-sk");
+  const pgPort = await freePort();
+  const httpPort = await freePort();
+  let child: ChildSafekeeper | undefined;
+  try {
+    child = await startChild({ id: 1, dataDir, pgPort, httpPort });
+    const r = await http(httpPort, "PUT", `/v1/tenant/${generateTenantId()}/timeline/${generateTimelineId()}/compute`, { connstr: pg.connString(), term: 1 });
+    if (r.status !== 201) throw new Error(`register: ${r.status} ${r.text}`);
+    await setSyncNames(pg, "sk_1");
+    await waitSync(pg, "sk_1");
+    return await withCpu(child.proc.pid, () => pgbenchRun(pg, "a: strata safekeeper"));
+  } finally {
+    await setSyncNames(pg, "");
+    if (child) await stopChild(child);
+    await pg.sql("SELECT pg_drop_replication_slot('sk_1')").catch(() => undefined);
+    await removeTempDir(dataDir);
+  }
+}
+
+async function runReceivewal(pg: PgServer): Promise<Result> {
+  const dir = await makeTempDir("bench-rw");
+  let proc: ChildProcess | undefined;
+  try {
+    await pg.sql("SELECT pg_create_physical_replication_slot('rw_bench', true)");
+    proc = spawn(join(PG_BIN_DIR, "pg_receivewal"), ["-D", dir, "--slot", "rw_bench", "--synchronous", "--no-loop", "-d", `host=${pg.host} port=${pg.port} user=postgres application_name=sk_1`], {
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    await setSyncNames(pg, "sk_1");
+    await waitSync(pg, "sk_1");
+    return await withCpu(proc.pid, () => pgbenchRun(pg, "b: pg_receivewal --synchronous"));
+  } finally {
+    await setSyncNames(pg, "");
+    if (proc) {
+      const exited = new Promise((res) => proc!.on("exit", res));
+      proc.kill("SIGINT");
+      await exited;
+    }
+    await pg.sql("SELECT pg_drop_replication_slot('rw_bench')").catch(() => undefined);
+    await removeTempDir(dir);
+  }
+}
+
+async function runAsync(pg: PgServer): Promise<Result> {
+  return await pgbenchRun(pg, "c: asynchronous commit", { PGOPTIONS: "-c synchronous_commit=off" });
+}
+
+function fmt(r: Result): string {
+  return `${r.mode.padEnd(32)} ${r.tps.toFixed(0).padStart(7)} tps   p50 ${r.p50Ms.toFixed(2).padStart(7)} ms   p99 ${r.p99Ms.toFixed(2).padStart(7)} ms   (${r.transactions} tx${r.standbyCpuS !== undefined ? `, standby CPU ${((r.standbyCpuS * 1e6) / r.transactions).toFixed(0)} us/tx` : ""})`;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function main(): Promise<void> {
+  console.log(`pgbench -c ${CLIENTS} -j 2 -T ${DURATION_S}, scale ${SCALE}, synchronous_commit=on, primary fsync=on, ${ROUNDS} round(s)`);
+  const pg = await startPostgres({ settings: { fsync: true, synchronous_commit: "on", max_wal_size: "1GB", checkpoint_timeout: "30min" } });
+  try {
+    await pg.pgbench(["-i", "-s", String(SCALE), "-q"]);
+    const rounds: Result[][] = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      const a = await runStrata(pg);
+      console.log(fmt(a));
+      const b = await runReceivewal(pg);
+      console.log(fmt(b));
+      const c = await runAsync(pg);
+      console.log(fmt(c));
+      rounds.push([a, b, c]);
+      console.log(`round ${i + 1}: a/b = ${(a.tps / b.tps).toFixed(2)}  a/c = ${(a.tps / c.tps).toFixed(2)}  (p50 a/b ${(a.p50Ms / b.p50Ms).toFixed(2)})`);
+    }
+    if (ROUNDS > 1) {
+      const m = (k: number) => median(rounds.map((r) => r[k]!.tps));
+      console.log(`median: a ${m(0).toFixed(0)} tps, b ${m(1).toFixed(0)} tps, c ${m(2).toFixed(0)} tps; a/b = ${(m(0) / m(1)).toFixed(2)}  a/c = ${(m(0) / m(2)).toFixed(2)}`);
+    }
+  } finally {
+    await pg.destroy();
+  }
+}
+
+await main();

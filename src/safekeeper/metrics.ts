@@ -1,0 +1,100 @@
+/**
+ * The safekeeper's Prometheus metrics, created once per safekeeper in that
+ * safekeeper's registry (src/lib/metrics.ts: one registry per service, so two
+ * safekeepers in one test process never mix their series).
+ *
+ * Per-timeline series carry `tenant_id` and `timeline_id` labels and are
+ * removed when the timeline is deleted. LSN gauges hold the LSN as a number:
+ * exact up to 2^53 (8 PiB of WAL), which is plenty for dashboards and lag
+ * arithmetic; the HTTP API reports exact `X/Y` values.
+ */
+import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from "../lib/metrics.js";
+
+export class SafekeeperMetrics {
+  readonly walReceivedBytes: Counter<"tenant_id" | "timeline_id">;
+  readonly fsyncs: Counter<"tenant_id" | "timeline_id">;
+  readonly fsyncSeconds: Histogram;
+  readonly flushLsn: Gauge<"tenant_id" | "timeline_id">;
+  readonly commitLsn: Gauge<"tenant_id" | "timeline_id">;
+  readonly term: Gauge<"tenant_id" | "timeline_id">;
+  readonly walSenders: Gauge<"kind">;
+  readonly walSentBytes: Counter<"kind">;
+  readonly computeConnected: Gauge<"tenant_id" | "timeline_id">;
+  readonly consumerLagBytes: Gauge<"tenant_id" | "timeline_id" | "consumer">;
+  readonly protocolErrors: Counter;
+
+  constructor(registry: Registry) {
+    const registers = [registry];
+    this.walReceivedBytes = new Counter({
+      name: "strata_safekeeper_wal_received_bytes_total",
+      help: "WAL bytes received from computes and peers and written to local segments",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.fsyncs = new Counter({
+      name: "strata_safekeeper_fsyncs_total",
+      help: "WAL fsyncs (each one makes every WAL byte written before it durable)",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.fsyncSeconds = new Histogram({
+      name: "strata_safekeeper_wal_flush_seconds",
+      help: "Latency of one WAL flush (fsync of the partial segment)",
+      buckets: LATENCY_BUCKETS_S,
+      registers,
+    });
+    this.flushLsn = new Gauge({
+      name: "strata_safekeeper_flush_lsn",
+      help: "WAL fsynced on this safekeeper (LSN as a number)",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.commitLsn = new Gauge({
+      name: "strata_safekeeper_commit_lsn",
+      help: "WAL durable on a quorum, the limit of what is streamed to consumers (LSN as a number)",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.term = new Gauge({
+      name: "strata_safekeeper_term",
+      help: "Current term of the timeline on this safekeeper",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.walSenders = new Gauge({
+      name: "strata_safekeeper_wal_senders",
+      help: "Connected START_REPLICATION consumers, by kind (standby, pageserver)",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.walSentBytes = new Counter({
+      name: "strata_safekeeper_wal_sent_bytes_total",
+      help: "WAL bytes streamed to consumers, by kind",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.computeConnected = new Gauge({
+      name: "strata_safekeeper_compute_connected",
+      help: "1 while the WAL acceptor is streaming from the timeline's compute",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.consumerLagBytes = new Gauge({
+      name: "strata_safekeeper_consumer_lag_bytes",
+      help: "commit LSN minus the flush LSN a consumer last reported",
+      labelNames: ["tenant_id", "timeline_id", "consumer"],
+      registers,
+    });
+    this.protocolErrors = new Counter({
+      name: "strata_safekeeper_protocol_errors_total",
+      help: "libpq connections closed because the client broke the protocol",
+      registers,
+    });
+  }
+
+  /** Drops every per-timeline series of a deleted timeline. */
+  forgetTimeline(tenantId: string, timelineId: string): void {
+    const labels = { tenant_id: tenantId, timeline_id: timelineId };
+    for (const m of [this.walReceivedBytes, this.fsyncs, this.flushLsn, this.commitLsn, this.term, this.computeConnected]) m.remove(labels);
+  }
+}

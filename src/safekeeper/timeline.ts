@@ -1,0 +1,825 @@
+/**
+ * Timeline — one tenant/timeline on a safekeeper: the state every other part
+ * of the safekeeper reads and changes through one object.
+ *
+ * Place in the data flow:
+ *
+ *   compute --(wal_acceptor.ts)--> appendWalFromCompute / flush --+
+ *   peer (consensus recovery) ---> appendWalFromPeer -------------+--> TimelineStore (control file + WalStorage)
+ *   consensus ----> snapshot / vote / truncateAndSetHistory / appendWalFromPeer / readWal /
+ *                   setCommitLsn / setPeerFlushLsns  (the ConsensusTimeline interface of
+ *                   consensus/acceptor_state.ts, which this class implements)
+ *   wal_service.ts <-- readCommittedWal / waitForServable / consumers' feedback
+ *   http_api.ts    <-- getState / registerCompute
+ *
+ * What it holds: the persistent state of the control file (term, term
+ * history, commit/backup/remote-consistent LSNs, identity), the WAL's write,
+ * flush and flush-record LSNs, the pageserver's last feedback, the connected
+ * consumers, the peers' flush LSNs (set by consensus) and the registered
+ * compute (connection string and term, kept in `compute.json` next to the
+ * control file so a restarted safekeeper reconnects on its own).
+ *
+ * Invariants:
+ * * State changes (term, history, truncation, WAL appends, compute
+ *   registration) run one at a time under a per-timeline async mutex; a
+ *   change is durable before anyone sees it (ControlFile.persist stores
+ *   before it swaps the in-memory state), so what callers read is what a
+ *   restart would find. A term bump is persisted before bumpTerm returns.
+ * * The term never decreases; WAL from a compute is accepted only when the
+ *   compute's term is the timeline's term and the term history's last term
+ *   (the fencing rule of DESIGN.md §3).
+ * * commit_lsn never decreases. With `soloCommit` (this safekeeper is the
+ *   only member of the timeline's safekeeper set) it follows the WAL's flush
+ *   record LSN: every complete record fsynced here is on "a quorum of one".
+ *   Otherwise consensus sets it (`setCommitLsn`). Consumers are served WAL
+ *   only up to min(commit_lsn, flush LSN) (`servableLsn`): never WAL that
+ *   could still be truncated, never WAL not on this disk.
+ * * Truncation order follows timeline_dir.ts: WAL first, then the control
+ *   file's term history.
+ *
+ * Persistence of progress: the control file's commit LSN and flush LSN hint
+ * are stored at most every PROGRESS_PERSIST_INTERVAL_MS (and on close), not on
+ * every fsync — they only speed up recovery; losing them loses nothing
+ * (WAL recovery finds the real end, and solo commit is recomputed from it).
+ *
+ * Cancellation: nothing here runs on its own except the fire-and-forget
+ * progress store, which `close()` awaits.
+ */
+import { EventEmitter } from "node:events";
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { StrataError, assert } from "../lib/errors.js";
+import { formatLsn, lsn as toLsn, parseLsn, type Lsn } from "../lib/lsn.js";
+import type { TenantId, TimelineId } from "../lib/id.js";
+import { errorFields, silentLogger } from "../lib/logging.js";
+import type { TimelinePersistentState } from "./control_file.js";
+import { isNotFound, writeFileAtomic, type DurableFS } from "./durable_fs.js";
+import type { SafekeeperMetrics } from "./metrics.js";
+import { appendTerm, checkTermHistory, formatTermHistory, historyUpTo, INVALID_TERM, lastTerm, term as toTerm, type Term, type TermHistory } from "./term_history.js";
+import { TimelineStore, timelineDirPath } from "./timeline_dir.js";
+import { TermRefusedError, type AcceptorSnapshot, type ConsensusTimeline, type VoteResult } from "./consensus/acceptor_state.js";
+
+/** File next to the control file holding the registered compute (JSON). */
+export const COMPUTE_FILE_NAME = "compute.json";
+/** How often, at most, progress LSNs are written to the control file (one atomic replace = 2 fsyncs). */
+export const PROGRESS_PERSIST_INTERVAL_MS = 1_000;
+/** Longest connection string accepted for a compute: conninfo strings are short; this bounds the file. */
+export const MAX_CONNSTR_BYTES = 4096;
+
+/** A compute registered for a term: the safekeeper pulls WAL from it (wal_acceptor.ts). */
+export interface ComputeRegistration {
+  /** libpq connection string (key=value or postgresql:// URI) of the compute. */
+  readonly connstr: string;
+  readonly term: Term;
+  /**
+   * Where WAL of this term starts, when the caller knows it (the LSN the
+   * compute was started at). Without it the acceptor asks the compute's slot.
+   */
+  readonly startLsn: Lsn | undefined;
+  /** ISO time of the registration. */
+  readonly registeredAt: string;
+}
+
+export interface PageserverFeedbackState {
+  readonly lastReceivedLsn: Lsn;
+  readonly diskConsistentLsn: Lsn;
+  readonly remoteConsistentLsn: Lsn;
+  /** When it arrived (ISO). */
+  readonly receivedAt: string;
+}
+
+export type ConsumerKind = "standby" | "pageserver";
+
+/** A START_REPLICATION consumer connected to this timeline. */
+export interface ConsumerState {
+  readonly id: number;
+  readonly kind: ConsumerKind;
+  readonly applicationName: string;
+  readonly remoteAddress: string;
+  readonly startLsn: Lsn;
+  readonly connectedAt: string;
+  /** End of the WAL sent so far. */
+  sentLsn: Lsn;
+  /** From standby status updates. */
+  writeLsn: Lsn | undefined;
+  flushLsn: Lsn | undefined;
+  applyLsn: Lsn | undefined;
+  /** From hot standby feedback ('h'): 64-bit xmin (epoch << 32 | xid), 0 = none. */
+  hotStandbyXmin: bigint | undefined;
+  lastReplyAt: string | undefined;
+}
+
+/** A snapshot of everything the timeline knows (for HTTP, consensus and tests). */
+export interface TimelineState {
+  readonly tenantId: TenantId;
+  readonly timelineId: TimelineId;
+  readonly systemId: bigint;
+  readonly pgVersion: number;
+  readonly walSegSizeBytes: number;
+  readonly timelineStartLsn: Lsn;
+  readonly term: Term;
+  readonly termHistory: TermHistory;
+  /** Oldest WAL still stored. */
+  readonly oldestLsn: Lsn;
+  readonly writeLsn: Lsn;
+  readonly flushLsn: Lsn;
+  /** End of the last complete record at or below the flush LSN (a record boundary). */
+  readonly flushRecordLsn: Lsn;
+  readonly commitLsn: Lsn;
+  readonly backupLsn: Lsn;
+  readonly remoteConsistentLsn: Lsn;
+  readonly peerHorizonLsn: Lsn;
+  readonly peerFlushLsns: ReadonlyMap<string, Lsn>;
+  readonly pageserverFeedback: PageserverFeedbackState | undefined;
+  readonly compute: ComputeRegistration | undefined;
+  readonly computeConnected: boolean;
+  readonly consumers: readonly ConsumerState[];
+}
+
+/** A request carried a term below the timeline's current term (HTTP 409). */
+export class StaleTermError extends TermRefusedError {
+  override name = "StaleTermError";
+  constructor(
+    readonly requestedTerm: Term,
+    readonly currentTerm: Term,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Parameters of a new timeline. */
+export interface TimelineCreateParams {
+  readonly tenantId: TenantId;
+  readonly timelineId: TimelineId;
+  readonly systemId: bigint;
+  readonly pgVersion: number;
+  readonly walSegSizeBytes: number;
+  /** First LSN of WAL: a segment start (best: standbys and pg_receivewal start there) or a record start. */
+  readonly startLsn: Lsn;
+}
+
+export interface TimelineOptions {
+  fs: DurableFS;
+  /** The safekeeper's data directory (timelines live under <root>/<tenant>/<timeline>). */
+  root: string;
+  metrics: SafekeeperMetrics;
+  log?: Logger;
+  /** This safekeeper is the only member: commit_lsn follows its own flush record LSN. */
+  soloCommit: boolean;
+}
+
+/** Serializes async critical sections, FIFO. */
+class AsyncMutex {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(fn);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+}
+
+let nextConsumerId = 1;
+
+export class Timeline implements ConsensusTimeline {
+  readonly tenantId: TenantId;
+  readonly timelineId: TimelineId;
+  /**
+   * Events: "commit" (commit LSN advanced), "flush" (flush LSN advanced),
+   * "term" (term changed), "compute" (registration changed). Listeners
+   * must not throw.
+   */
+  readonly events = new EventEmitter();
+  private readonly mutex = new AsyncMutex();
+  private readonly log: Logger;
+  private readonly labels: { tenant_id: string; timeline_id: string };
+  private commit: Lsn;
+  private compute_: ComputeRegistration | undefined;
+  private computeConnected_ = false;
+  private feedback: PageserverFeedbackState | undefined;
+  private peerFlush = new Map<string, Lsn>();
+  private readonly consumers = new Map<number, ConsumerState>();
+  private lastPersistMs = 0;
+  private persisting: Promise<void> | undefined;
+  private closed = false;
+
+  private constructor(
+    private readonly store: TimelineStore,
+    private readonly opts: TimelineOptions,
+    compute: ComputeRegistration | undefined,
+  ) {
+    this.tenantId = store.tenantId;
+    this.timelineId = store.timelineId;
+    this.log = (opts.log ?? silentLogger()).child({ tenant_id: this.tenantId, timeline_id: this.timelineId });
+    this.labels = { tenant_id: this.tenantId, timeline_id: this.timelineId };
+    this.compute_ = compute;
+    this.events.setMaxListeners(0); // one listener per consumer connection
+    const s = store.control.state;
+    this.commit = s.commitLsn;
+    if (opts.soloCommit) this.advanceSoloCommit();
+    this.updateGauges();
+  }
+
+  /** Creates the timeline directory (invalid_argument if it exists) and opens it. */
+  static async create(params: TimelineCreateParams, opts: TimelineOptions): Promise<Timeline> {
+    const initial: TimelinePersistentState = {
+      tenantId: params.tenantId,
+      timelineId: params.timelineId,
+      systemId: params.systemId,
+      pgVersion: params.pgVersion,
+      walSegSizeBytes: params.walSegSizeBytes,
+      timelineStartLsn: params.startLsn,
+      term: INVALID_TERM,
+      termHistory: [],
+      flushLsnHint: params.startLsn,
+      commitLsn: params.startLsn,
+      backupLsn: params.startLsn,
+      remoteConsistentLsn: params.startLsn,
+      peerHorizonLsn: params.startLsn,
+    };
+    const store = await TimelineStore.create(opts.fs, opts.root, initial);
+    return new Timeline(store, opts, undefined);
+  }
+
+  /** Opens an existing timeline (runs WAL recovery); not_found if missing. */
+  static async open(tenantId: TenantId, timelineId: TimelineId, opts: TimelineOptions): Promise<Timeline> {
+    const store = await TimelineStore.open(opts.fs, opts.root, tenantId, timelineId);
+    let compute: ComputeRegistration | undefined;
+    try {
+      compute = await loadComputeFile(opts.fs, join(store.dir, COMPUTE_FILE_NAME));
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+    const tl = new Timeline(store, opts, compute);
+    const r = store.wal.recovery;
+    tl.log.info(
+      { end_lsn: formatLsn(r.endLsn), records: r.recordsDecoded, zeroed_bytes: r.zeroedBytes, stop_reason: r.stopReason, term: String(tl.term) },
+      "timeline opened",
+    );
+    return tl;
+  }
+
+  get dir(): string {
+    return this.store.dir;
+  }
+
+  private get control(): TimelinePersistentState {
+    return this.store.control.state;
+  }
+
+  get systemId(): bigint {
+    return this.control.systemId;
+  }
+  get pgVersion(): number {
+    return this.control.pgVersion;
+  }
+  get walSegSizeBytes(): number {
+    return this.control.walSegSizeBytes;
+  }
+  get timelineStartLsn(): Lsn {
+    return this.control.timelineStartLsn;
+  }
+  get term(): Term {
+    return this.control.term;
+  }
+  get termHistory(): TermHistory {
+    return this.control.termHistory;
+  }
+  get writeLsn(): Lsn {
+    return this.store.wal.writeLsn;
+  }
+  get flushLsn(): Lsn {
+    return this.store.wal.flushLsn;
+  }
+  /** End of the last complete flushed record; the timeline start while none is known. */
+  get flushRecordLsn(): Lsn {
+    return this.store.wal.flushRecordLsn ?? this.timelineStartLsn;
+  }
+  get oldestLsn(): Lsn {
+    return this.store.wal.oldestLsn;
+  }
+  get commitLsn(): Lsn {
+    return this.commit;
+  }
+  /** How far consumers may be served: min(commit LSN, flush LSN). */
+  get servableLsn(): Lsn {
+    return this.commit < this.flushLsn ? this.commit : this.flushLsn;
+  }
+  get compute(): ComputeRegistration | undefined {
+    return this.compute_;
+  }
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  getState(): TimelineState {
+    const c = this.control;
+    return {
+      tenantId: c.tenantId,
+      timelineId: c.timelineId,
+      systemId: c.systemId,
+      pgVersion: c.pgVersion,
+      walSegSizeBytes: c.walSegSizeBytes,
+      timelineStartLsn: c.timelineStartLsn,
+      term: c.term,
+      termHistory: c.termHistory,
+      oldestLsn: this.oldestLsn,
+      writeLsn: this.writeLsn,
+      flushLsn: this.flushLsn,
+      flushRecordLsn: this.flushRecordLsn,
+      commitLsn: this.commit,
+      backupLsn: c.backupLsn,
+      remoteConsistentLsn: c.remoteConsistentLsn,
+      peerHorizonLsn: c.peerHorizonLsn,
+      peerFlushLsns: new Map(this.peerFlush),
+      pageserverFeedback: this.feedback,
+      compute: this.compute_,
+      computeConnected: this.computeConnected_,
+      consumers: [...this.consumers.values()].map((x) => ({ ...x })),
+    };
+  }
+
+  // -------------------------------------------------------------------------
+  // Terms and history (the consensus-facing surface)
+  // -------------------------------------------------------------------------
+
+  /**
+   * Raises the term to `t` and persists it before returning. A lower term is
+   * refused with StaleTermError; the same term is a no-op. Returns the term.
+   */
+  bumpTerm(t: Term): Promise<Term> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (t < this.term) throw this.stale(t, "bump the term");
+      if (t > this.term) await this.persistTerm(t);
+      return this.term;
+    });
+  }
+
+  /** The consensus-relevant state, read under the mutex (no append in between). */
+  snapshot(): Promise<AcceptorSnapshot> {
+    return this.mutex.run(async () => this.snapshotNow());
+  }
+
+  private snapshotNow(): AcceptorSnapshot {
+    return {
+      term: this.term,
+      termHistory: this.termHistory,
+      flushLsn: this.flushLsn,
+      flushRecordLsn: this.flushRecordLsn,
+      commitLsn: this.commit,
+      timelineStartLsn: this.timelineStartLsn,
+    };
+  }
+
+  /**
+   * A vote for term `t`: granted (and `t` persisted before answering) only
+   * when `t` is above the current term, so one safekeeper never votes twice
+   * in a term, even across restarts. The snapshot is taken in the same
+   * critical section: no WAL of an older term is appended after it.
+   */
+  vote(t: Term): Promise<VoteResult> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      const granted = t > this.term;
+      if (granted) await this.persistTerm(t);
+      return { granted, snapshot: this.snapshotNow() };
+    });
+  }
+
+  /**
+   * Joins term `t` with the elected `history` (endpoint start, recovery):
+   * drops WAL at and after `truncateLsn` (durably; no-op when it is the
+   * write LSN), then persists `t` and `history` together. A term below the
+   * current one is refused (TermRefusedError). `truncateLsn` must be a record
+   * boundary within the stored WAL; with soloCommit it may not drop
+   * committed WAL.
+   */
+  truncateAndSetHistory(t: Term, history: TermHistory, truncateLsn: Lsn): Promise<void> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (t < this.term) throw this.stale(t, "set the term history");
+      checkTermHistory(history, "invalid_argument", `Term history for ${this.tenantId}/${this.timelineId}`);
+      if (lastTerm(history) > t) throw new StrataError("invalid_argument", `Term history ${formatTermHistory(history)} goes past term ${t}`);
+      if (this.opts.soloCommit && truncateLsn < this.commit) {
+        throw new StrataError("invalid_argument", `Cannot truncate WAL at ${formatLsn(truncateLsn)}: below the commit LSN ${formatLsn(this.commit)}`);
+      }
+      if (truncateLsn > this.writeLsn) {
+        throw new StrataError("invalid_argument", `Cannot truncate WAL at ${formatLsn(truncateLsn)}: past the write LSN ${formatLsn(this.writeLsn)}`);
+      }
+      if (truncateLsn < this.writeLsn) await this.store.wal.truncate(truncateLsn);
+      else if (this.writeLsn !== this.flushLsn) await this.flushLocked();
+      const termChanged = t !== this.term;
+      await this.store.persistProgress((s) => ({ ...s, term: t, termHistory: history }));
+      this.log.info({ at: formatLsn(truncateLsn), history: formatTermHistory(history), term: String(t) }, "WAL truncated, term history set");
+      if (termChanged) this.events.emit("term", t);
+      this.events.emit("flush", this.flushLsn);
+      this.updateGauges();
+    });
+  }
+
+  /**
+   * Makes WAL of `computeTerm` start at `startLsn` if the history does not
+   * have that term yet (the single-safekeeper endpoint start: the compute's
+   * term is new here). On an empty timeline the term starts at the timeline
+   * start. Otherwise WAL after `startLsn` (of an older term) is truncated.
+   * Returns where streaming from the compute must begin (the write LSN).
+   */
+  beginComputeTerm(computeTerm: Term, startLsn: Lsn | undefined): Promise<Lsn> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (computeTerm !== this.term) throw this.stale(computeTerm, "stream WAL");
+      // Anything written but not flushed (an earlier connection) is made durable first: streaming resumes after it.
+      if (this.writeLsn !== this.flushLsn) await this.flushLocked();
+      if (lastTerm(this.termHistory) === computeTerm) return this.writeLsn;
+      if (!this.opts.soloCommit) {
+        // With peers the endpoint-start protocol (consensus) establishes the term's start and WAL.
+        throw new StrataError("unavailable", `Term ${computeTerm} has not been joined on ${this.tenantId}/${this.timelineId} yet (history ${formatTermHistory(this.termHistory)}); waiting for consensus`);
+      }
+      const empty = this.writeLsn === this.timelineStartLsn;
+      let at: Lsn;
+      if (empty) {
+        at = this.timelineStartLsn;
+      } else {
+        if (startLsn === undefined) {
+          throw new StrataError("invalid_argument", `Term ${computeTerm} is new on ${this.tenantId}/${this.timelineId}, which holds WAL up to ${formatLsn(this.flushLsn)}: the start LSN of the compute is needed`);
+        }
+        if (startLsn > this.flushLsn) {
+          throw new StrataError("invalid_argument", `Compute of term ${computeTerm} starts at ${formatLsn(startLsn)}, after the end of WAL here (${formatLsn(this.flushLsn)}): WAL in between is missing`);
+        }
+        if (startLsn < this.commit) {
+          throw new StrataError("invalid_argument", `Compute of term ${computeTerm} starts at ${formatLsn(startLsn)}, before the commit LSN ${formatLsn(this.commit)}: committed WAL would be lost`);
+        }
+        if (startLsn < this.oldestLsn) {
+          throw new StrataError("invalid_argument", `Compute of term ${computeTerm} starts at ${formatLsn(startLsn)}, before the oldest WAL kept (${formatLsn(this.oldestLsn)})`);
+        }
+        at = startLsn;
+        if (at < this.writeLsn) await this.store.wal.truncate(at);
+      }
+      const history = appendTerm(historyUpTo(this.termHistory, at), computeTerm, at);
+      await this.store.persistProgress((s) => ({ ...s, termHistory: history }));
+      this.log.info({ term: String(computeTerm), at: formatLsn(at), history: formatTermHistory(history) }, "compute term begins");
+      this.events.emit("flush", this.flushLsn);
+      this.updateGauges();
+      return this.writeLsn;
+    });
+  }
+
+  /** The peers' flush LSNs as consensus last learned them (shown in the HTTP status). */
+  setPeerFlushLsns(peers: ReadonlyMap<string, Lsn>): void {
+    this.peerFlush = new Map(peers);
+  }
+
+  /** Advances commit_lsn (never lowers it) and wakes WAL senders. */
+  setCommitLsn(l: Lsn): void {
+    if (l <= this.commit) return;
+    this.commit = l;
+    this.opts.metrics.commitLsn.set(this.labels, Number(l));
+    this.events.emit("commit", l);
+    this.maybePersistProgress();
+  }
+
+  // -------------------------------------------------------------------------
+  // WAL
+  // -------------------------------------------------------------------------
+
+  /**
+   * Writes WAL the compute of `computeTerm` sent, at `startLsn` (must be the
+   * write LSN). Refused with StaleTermError once the term has moved on.
+   * Not durable until `flush`.
+   */
+  appendWalFromCompute(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Promise<void> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
+      await this.writeLocked(startLsn, bytes);
+    });
+  }
+
+  /**
+   * Appends WAL fetched from a peer safekeeper (recovery of a lagging member,
+   * after truncateAndSetHistory) at `startLsn` (the write LSN) and makes it
+   * durable; returns the flush LSN. Refused once a term above `t` was promised.
+   */
+  appendWalFromPeer(t: Term, startLsn: Lsn, bytes: Uint8Array): Promise<Lsn> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (t < this.term) throw this.stale(t, "append WAL from a peer");
+      await this.writeLocked(startLsn, bytes);
+      return await this.flushLocked();
+    });
+  }
+
+  private async writeLocked(startLsn: Lsn, bytes: Uint8Array): Promise<void> {
+    await this.store.wal.write(startLsn, bytes);
+    this.opts.metrics.walReceivedBytes.inc(this.labels, bytes.length);
+  }
+
+  /** fsyncs everything written; returns the flush LSN. Advances solo commit and wakes waiters. */
+  flush(): Promise<Lsn> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      return await this.flushLocked();
+    });
+  }
+
+  private async flushLocked(): Promise<Lsn> {
+    const before = this.flushLsn;
+    const t0 = performance.now();
+    const l = await this.store.wal.flush();
+    this.opts.metrics.fsyncSeconds.observe((performance.now() - t0) / 1000);
+    this.opts.metrics.fsyncs.inc(this.labels);
+    if (l !== before) {
+      this.events.emit("flush", l);
+      if (this.opts.soloCommit) this.advanceSoloCommit();
+      this.updateGauges();
+      this.maybePersistProgress();
+    }
+    return l;
+  }
+
+  /**
+   * Up to `maxBytes` of flushed WAL from `startLsn`, not past `endLsn`, read
+   * under the mutex so no truncation interleaves (consensus: a donor's reads).
+   */
+  readWal(startLsn: Lsn, maxBytes: number, endLsn: Lsn): Promise<Uint8Array> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      return await this.store.wal.read(startLsn, maxBytes, endLsn);
+    });
+  }
+
+  /**
+   * The same without the mutex, for WAL senders: they read only below the
+   * servable LSN, which is below commit_lsn and so never truncated, and must
+   * not wait behind the acceptor's fsyncs.
+   */
+  readCommittedWal(startLsn: Lsn, maxBytes: number, endLsn: Lsn): Promise<Uint8Array> {
+    return this.store.wal.read(startLsn, maxBytes, endLsn);
+  }
+
+  /**
+   * Resolves when the servable LSN passes `after`, after `timeoutMs`, or when
+   * `signal` aborts (all resolve; the caller re-reads the state).
+   */
+  waitForServable(after: Lsn, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+    if (this.servableLsn > after || this.closed || signal?.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.events.off("commit", check);
+        this.events.off("flush", check);
+        this.events.off("closed", done);
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      const check = () => {
+        if (this.servableLsn > after) done();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.events.on("commit", check);
+      this.events.on("flush", check);
+      this.events.once("closed", done);
+      signal?.addEventListener("abort", done, { once: true });
+    });
+  }
+
+  private advanceSoloCommit(): void {
+    const r = this.flushRecordLsn;
+    if (r > this.commit) {
+      this.commit = r;
+      this.events.emit("commit", r);
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Compute registration
+  // -------------------------------------------------------------------------
+
+  /**
+   * Registers the compute that WAL of `reg.term` comes from. A term below
+   * the timeline's term is refused (StaleTermError: fencing); a higher one
+   * raises the timeline's term first (persisted). Re-registering the same
+   * term is allowed only with the same connection string (idempotent).
+   */
+  registerCompute(reg: Omit<ComputeRegistration, "registeredAt">): Promise<ComputeRegistration> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (Buffer.byteLength(reg.connstr) > MAX_CONNSTR_BYTES) {
+        throw new StrataError("invalid_argument", `Compute connection string is ${Buffer.byteLength(reg.connstr)} bytes, more than ${MAX_CONNSTR_BYTES}`);
+      }
+      if (reg.term === INVALID_TERM) throw new StrataError("invalid_argument", "Compute term must be at least 1");
+      if (reg.term < this.term) throw this.stale(reg.term, "register a compute");
+      const prev = this.compute_;
+      if (prev !== undefined && prev.term === reg.term) {
+        if (prev.connstr !== reg.connstr) {
+          throw new StaleTermError(reg.term, this.term, `Term ${reg.term} of ${this.tenantId}/${this.timelineId} already belongs to another compute; start the new compute with a higher term`);
+        }
+        return prev;
+      }
+      if (reg.term > this.term) await this.persistTerm(reg.term);
+      const next: ComputeRegistration = { ...reg, registeredAt: new Date().toISOString() };
+      await storeComputeFile(this.opts.fs, join(this.store.dir, COMPUTE_FILE_NAME), next);
+      this.compute_ = next;
+      this.log.info({ term: String(reg.term), start_lsn: reg.startLsn === undefined ? undefined : formatLsn(reg.startLsn) }, "compute registered");
+      this.events.emit("compute", next);
+      return next;
+    });
+  }
+
+  /** Set by the WAL acceptor while it streams from the compute. */
+  setComputeConnected(connected: boolean): void {
+    this.computeConnected_ = connected;
+    this.opts.metrics.computeConnected.set(this.labels, connected ? 1 : 0);
+  }
+
+  // -------------------------------------------------------------------------
+  // Consumers and their feedback
+  // -------------------------------------------------------------------------
+
+  /** Registers a START_REPLICATION consumer; call the returned function when it disconnects. */
+  addConsumer(c: Pick<ConsumerState, "kind" | "applicationName" | "remoteAddress" | "startLsn">): { state: ConsumerState; remove: () => void } {
+    const state: ConsumerState = {
+      ...c,
+      id: nextConsumerId++,
+      connectedAt: new Date().toISOString(),
+      sentLsn: c.startLsn,
+      writeLsn: undefined,
+      flushLsn: undefined,
+      applyLsn: undefined,
+      hotStandbyXmin: undefined,
+      lastReplyAt: undefined,
+    };
+    this.consumers.set(state.id, state);
+    const consumerLabel = `${c.applicationName || c.kind}#${state.id}`;
+    return {
+      state,
+      remove: () => {
+        this.consumers.delete(state.id);
+        this.opts.metrics.consumerLagBytes.remove({ ...this.labels, consumer: consumerLabel });
+      },
+    };
+  }
+
+  /** A standby status update from consumer `c`. */
+  recordStandbyReply(c: ConsumerState, u: { writeLsn: Lsn; flushLsn: Lsn; applyLsn: Lsn }): void {
+    c.writeLsn = u.writeLsn;
+    c.flushLsn = u.flushLsn;
+    c.applyLsn = u.applyLsn;
+    c.lastReplyAt = new Date().toISOString();
+    const lag = this.commit > u.flushLsn ? Number(this.commit - u.flushLsn) : 0;
+    this.opts.metrics.consumerLagBytes.set({ ...this.labels, consumer: `${c.applicationName || c.kind}#${c.id}` }, lag);
+  }
+
+  recordHotStandbyFeedback(c: ConsumerState, xmin: bigint): void {
+    c.hotStandbyXmin = xmin;
+    c.lastReplyAt = new Date().toISOString();
+  }
+
+  /**
+   * The pageserver's feedback: kept as reported (the latest), and its
+   * remote-consistent LSN — WAL below it is safe in remote storage — is
+   * persisted (lazily) as the control file's remote-consistent LSN, which
+   * only advances.
+   */
+  recordPageserverFeedback(fb: { lastReceivedLsn: Lsn; diskConsistentLsn: Lsn; remoteConsistentLsn: Lsn }): void {
+    this.feedback = { ...fb, receivedAt: new Date().toISOString() };
+    if (fb.remoteConsistentLsn > this.control.remoteConsistentLsn && fb.remoteConsistentLsn <= this.flushLsn) {
+      this.pendingRemoteConsistent = fb.remoteConsistentLsn;
+      this.maybePersistProgress();
+    }
+  }
+  private pendingRemoteConsistent: Lsn | undefined;
+
+  // -------------------------------------------------------------------------
+  // Persistence and lifecycle
+  // -------------------------------------------------------------------------
+
+  private async persistTerm(t: Term): Promise<void> {
+    await this.store.control.persist((s) => ({ ...s, term: t }));
+    this.log.info({ term: String(t) }, "term raised");
+    this.opts.metrics.term.set(this.labels, Number(t));
+    this.events.emit("term", t);
+  }
+
+  /** Stores progress LSNs if the last store is older than PROGRESS_PERSIST_INTERVAL_MS (fire and forget). */
+  private maybePersistProgress(): void {
+    if (this.persisting !== undefined || this.closed) return;
+    const now = Date.now();
+    if (now - this.lastPersistMs < PROGRESS_PERSIST_INTERVAL_MS) return;
+    this.lastPersistMs = now;
+    this.persisting = this.persistProgressNow()
+      .catch((e: unknown) => this.log.warn(errorFields(e), "cannot store timeline progress"))
+      .finally(() => {
+        this.persisting = undefined;
+      });
+  }
+
+  /** Stores commit, remote-consistent LSN and the flush LSN hint now (under the mutex). */
+  persistProgressNow(): Promise<void> {
+    return this.mutex.run(async () => {
+      if (this.closed) return;
+      const commit = this.commit;
+      const rc = this.pendingRemoteConsistent;
+      await this.store.persistProgress((s) => ({
+        ...s,
+        commitLsn: commit > s.commitLsn ? commit : s.commitLsn,
+        remoteConsistentLsn: rc !== undefined && rc > s.remoteConsistentLsn ? rc : s.remoteConsistentLsn,
+      }));
+    });
+  }
+
+  private updateGauges(): void {
+    const m = this.opts.metrics;
+    m.flushLsn.set(this.labels, Number(this.flushLsn));
+    m.commitLsn.set(this.labels, Number(this.commit));
+    m.term.set(this.labels, Number(this.term));
+  }
+
+  private stale(t: Term, what: string): StaleTermError {
+    return new StaleTermError(t, this.term, `Cannot ${what} for term ${t} on ${this.tenantId}/${this.timelineId}: the current term is ${this.term}`);
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new StrataError("unavailable", `Timeline ${this.tenantId}/${this.timelineId} is shut down`);
+  }
+
+  /** Stores progress and closes the WAL. Waiters are released. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.persisting;
+    await this.persistProgressNow().catch((e: unknown) => this.log.warn(errorFields(e), "cannot store timeline progress on close"));
+    await this.mutex.run(async () => {
+      this.closed = true;
+      await this.store.close();
+    });
+    this.events.emit("closed");
+  }
+
+  /** Closes the timeline and removes its directory. */
+  async delete(): Promise<void> {
+    await this.close();
+    const dir = timelineDirPath(this.opts.root, this.tenantId, this.timelineId);
+    assert(dir === this.store.dir, "timeline directory path mismatch");
+    await rm(dir, { recursive: true, force: true });
+    await this.opts.fs.syncDir(join(this.opts.root, this.tenantId)).catch(() => undefined);
+    this.opts.metrics.forgetTimeline(this.tenantId, this.timelineId);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// compute.json: { "connstr": ..., "term": "<decimal>", "start_lsn": "X/Y" | null, "registered_at": ISO }
+// ---------------------------------------------------------------------------
+
+async function storeComputeFile(fs: DurableFS, path: string, reg: ComputeRegistration): Promise<void> {
+  const doc = {
+    connstr: reg.connstr,
+    term: reg.term.toString(),
+    start_lsn: reg.startLsn === undefined ? null : formatLsn(reg.startLsn),
+    registered_at: reg.registeredAt,
+  };
+  try {
+    await writeFileAtomic(fs, path, Buffer.from(JSON.stringify(doc, null, 2) + "\n"));
+  } catch (e) {
+    throw new StrataError("io_error", `Cannot store compute registration ${path}`, { cause: e });
+  }
+}
+
+async function loadComputeFile(fs: DurableFS, path: string): Promise<ComputeRegistration | undefined> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await fs.readFile(path);
+  } catch (e) {
+    if (isNotFound(e)) return undefined;
+    throw new StrataError("io_error", `Cannot read compute registration ${path}`, { cause: e });
+  }
+  const bad = (why: string, cause?: unknown) => new StrataError("corrupt_data", `Compute registration ${path} is corrupt: ${why}`, { cause });
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(bytes).toString("utf8"));
+  } catch (e) {
+    throw bad("not JSON", e);
+  }
+  const d = doc as { connstr?: unknown; term?: unknown; start_lsn?: unknown; registered_at?: unknown };
+  if (typeof d.connstr !== "string" || typeof d.term !== "string" || !/^[0-9]{1,20}$/.test(d.term) || typeof d.registered_at !== "string") {
+    throw bad("missing or mistyped fields");
+  }
+  let startLsn: Lsn | undefined;
+  if (d.start_lsn !== null && d.start_lsn !== undefined) {
+    if (typeof d.start_lsn !== "string") throw bad("start_lsn is not a string");
+    try {
+      startLsn = toLsn(parseLsn(d.start_lsn));
+    } catch (e) {
+      throw bad("start_lsn", e);
+    }
+  }
+  let t: Term;
+  try {
+    t = toTerm(BigInt(d.term));
+  } catch (e) {
+    throw bad("term", e);
+  }
+  return { connstr: d.connstr, term: t, startLsn, registeredAt: d.registered_at };
+}

@@ -1,0 +1,470 @@
+/**
+ * WAL acceptor — pulls WAL from the timeline's compute into the safekeeper.
+ *
+ * With an unmodified PostgreSQL the compute does not push WAL: the
+ * safekeeper connects to it as a physical-replication client named
+ * `sk_<id>` (the compute lists the safekeepers in synchronous_standby_names,
+ * so a COMMIT returns only once a quorum of them reported the commit record
+ * flushed). One acceptor task runs per timeline with a registered compute:
+ *
+ *   connect (replication=true, application_name=sk_<id>)
+ *   IDENTIFY_SYSTEM            -> the system id must be the timeline's
+ *   READ_REPLICATION_SLOT sk_<id>; if missing, a plain SQL connection runs
+ *       pg_create_physical_replication_slot('sk_<id>', true)
+ *   Timeline.beginComputeTerm  -> where WAL of the compute's term starts here
+ *   START_REPLICATION SLOT sk_<id> PHYSICAL <write LSN> TIMELINE 1
+ *   loop: XLogData -> append; fsync in batches; status update after each fsync
+ *
+ * Group commit: a reader puts XLogData payloads into a pending buffer; one
+ * writer repeatedly takes everything pending (at most MAX_WRITE_BATCH_BYTES;
+ * it first yields once to the event loop so messages already received from
+ * the socket join the batch — "flush when nothing more is buffered"),
+ * writes it, fsyncs once and reports. While one fsync runs, WAL of other
+ * commits accumulates and is made durable by the next, so under load the
+ * number of fsyncs per second is bounded by fsync latency, not by commits;
+ * an idle compute's single commit is fsynced as soon as it arrives.
+ *
+ * Invariants:
+ * * The flush LSN we report is WalStorage's, which advances only after an
+ *   fsync covering it: unsynced WAL is never reported flushed. write = what
+ *   WalStorage holds, apply = flush (nothing is applied on a safekeeper, so
+ *   `synchronous_commit = remote_apply` behaves like `on`).
+ * * Fencing: WAL is appended only under the compute's term while it is the
+ *   timeline's term (Timeline.appendWalFromCompute); a term bump aborts the
+ *   stream at once and a superseded registration's acceptor ends for good.
+ *   A registration with a lower term never gets here (HTTP 409).
+ * * XLogData must be contiguous from the requested start; anything else is a
+ *   protocol violation and the connection is dropped (and retried).
+ * * Memory: at most MAX_PENDING_BYTES wait for the writer; past that the
+ *   reader stops reading, the client's queue fills, the socket pauses and TCP
+ *   pushes back on the compute's walsender.
+ *
+ * Failures: any error ends the connection; the acceptor reconnects with
+ * exponential backoff (RECONNECT_MIN_MS .. RECONNECT_MAX_MS). The task is
+ * cancelled through its AbortSignal (timeline shutdown, new registration).
+ */
+import type { Logger } from "pino";
+import { StrataError } from "../lib/errors.js";
+import { formatLsn, lsn as toLsn, parseLsn, segmentNumber, segmentStart, type Lsn } from "../lib/lsn.js";
+import { errorFields, silentLogger } from "../lib/logging.js";
+import { sleep } from "../lib/tasks.js";
+import { PgClient, PgServerError, type ConnectOptions, type ReplicationStream } from "../wire/client.js";
+import { safekeeperSlotName } from "./config.js";
+import type { ComputeRegistration, Timeline } from "./timeline.js";
+
+/** First reconnect delay; doubled after each failure up to RECONNECT_MAX_MS. */
+export const RECONNECT_MIN_MS = 100;
+/** Longest reconnect delay: a restarted compute is picked up within this. */
+export const RECONNECT_MAX_MS = 5_000;
+/** Largest single write + fsync: bounds how long one batch keeps a commit waiting. */
+export const MAX_WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+/** WAL received but not yet written that the reader may hold before applying back-pressure. */
+export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
+/**
+ * Status updates are also sent at least this often when idle, like a
+ * standby's wal_receiver_status_interval (10 s), well within the compute's
+ * wal_sender_timeout (60 s).
+ */
+export const STATUS_INTERVAL_MS = 10_000;
+/** Bound on connecting and on the control queries before streaming. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+/** SQLSTATE duplicate_object: the slot was created concurrently. */
+const SQLSTATE_DUPLICATE_OBJECT = "42710";
+
+// ---------------------------------------------------------------------------
+// Connection strings
+// ---------------------------------------------------------------------------
+
+export interface ConnInfo {
+  host: string;
+  port: number;
+  user: string;
+  password: string | undefined;
+  dbname: string | undefined;
+  /** Passed as the `options` startup parameter. */
+  options: string | undefined;
+}
+
+/** Longest connection string parsed (registrations are checked against the same limit). */
+const MAX_CONNINFO_CHARS = 4096;
+const CONNINFO_KEYS = new Set(["host", "hostaddr", "port", "user", "password", "dbname", "options", "application_name", "connect_timeout", "sslmode"]);
+
+/**
+ * Parses a libpq connection string: `key=value ...` (values optionally
+ * single-quoted, backslash escapes) or a `postgresql://user:pw@host:port/db?k=v`
+ * URI. Only TCP is supported (host defaults to 127.0.0.1, port to 5432,
+ * user to "postgres"); sslmode must be absent, disable, allow or prefer.
+ */
+export function parseConnString(text: string): ConnInfo {
+  if (text.length > MAX_CONNINFO_CHARS) throw new StrataError("invalid_argument", `Connection string is ${text.length} characters, more than ${MAX_CONNINFO_CHARS}`);
+  const kv = /^postgres(ql)?:\/\//.test(text) ? parseConnUri(text) : parseConnKeyValues(text);
+  for (const k of kv.keys()) {
+    if (!CONNINFO_KEYS.has(k)) throw new StrataError("invalid_argument", `Connection string: unsupported keyword ${JSON.stringify(k)}`);
+  }
+  const ssl = kv.get("sslmode");
+  if (ssl !== undefined && !["disable", "allow", "prefer"].includes(ssl)) {
+    throw new StrataError("unsupported", `Connection string: sslmode=${ssl} is not supported (strata connects without TLS)`);
+  }
+  const host = kv.get("hostaddr") ?? kv.get("host") ?? "127.0.0.1";
+  if (host.startsWith("/")) throw new StrataError("unsupported", `Connection string: Unix socket host ${JSON.stringify(host)} is not supported; use a TCP address`);
+  const portText = kv.get("port") ?? "5432";
+  const port = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!(port >= 1 && port <= 65535)) throw new StrataError("invalid_argument", `Connection string: invalid port ${JSON.stringify(portText)}`);
+  return { host, port, user: kv.get("user") ?? "postgres", password: kv.get("password"), dbname: kv.get("dbname"), options: kv.get("options") };
+}
+
+function parseConnKeyValues(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  let i = 0;
+  const n = text.length;
+  const skipSpace = () => {
+    while (i < n && /\s/.test(text[i]!)) i++;
+  };
+  while (true) {
+    skipSpace();
+    if (i >= n) break;
+    const keyStart = i;
+    while (i < n && text[i] !== "=" && !/\s/.test(text[i]!)) i++;
+    const key = text.slice(keyStart, i);
+    skipSpace();
+    if (text[i] !== "=" || key === "") throw new StrataError("invalid_argument", `Connection string: missing "=" after ${JSON.stringify(key)} at offset ${i}`);
+    i++;
+    skipSpace();
+    let value = "";
+    if (text[i] === "'") {
+      i++;
+      let closed = false;
+      while (i < n) {
+        const c = text[i]!;
+        if (c === "\\" && i + 1 < n) {
+          value += text[i + 1]!;
+          i += 2;
+        } else if (c === "'") {
+          i++;
+          closed = true;
+          break;
+        } else {
+          value += c;
+          i++;
+        }
+      }
+      if (!closed) throw new StrataError("invalid_argument", `Connection string: unterminated quoted value for ${JSON.stringify(key)}`);
+    } else {
+      while (i < n && !/\s/.test(text[i]!)) {
+        if (text[i] === "\\" && i + 1 < n) i++;
+        value += text[i]!;
+        i++;
+      }
+    }
+    out.set(key, value);
+  }
+  return out;
+}
+
+function parseConnUri(text: string): Map<string, string> {
+  let url: URL;
+  try {
+    url = new URL(text.replace(/^postgres(ql)?:/, "http:"));
+  } catch (e) {
+    throw new StrataError("invalid_argument", `Connection string: malformed URI`, { cause: e });
+  }
+  const out = new Map<string, string>();
+  if (url.hostname !== "") out.set("host", url.hostname.replace(/^\[|\]$/g, ""));
+  if (url.port !== "") out.set("port", url.port);
+  if (url.username !== "") out.set("user", decodeURIComponent(url.username));
+  if (url.password !== "") out.set("password", decodeURIComponent(url.password));
+  const db = decodeURIComponent(url.pathname.replace(/^\//, ""));
+  if (db !== "") out.set("dbname", db);
+  for (const [k, v] of url.searchParams) out.set(k, v);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Talking to the compute
+// ---------------------------------------------------------------------------
+
+function connectOptions(ci: ConnInfo, replication: boolean, applicationName: string, signal: AbortSignal): ConnectOptions {
+  return {
+    host: ci.host,
+    port: ci.port,
+    user: ci.user,
+    ...(ci.password !== undefined ? { password: ci.password } : {}),
+    ...(ci.dbname !== undefined ? { database: ci.dbname } : replication ? {} : { database: "postgres" }),
+    ...(ci.options !== undefined ? { options: ci.options } : {}),
+    replication,
+    applicationName,
+    connectTimeoutMs: CONNECT_TIMEOUT_MS,
+    signal,
+  };
+}
+
+/** What a compute says about itself (used to create a timeline on first registration). */
+export interface ComputeIdentity {
+  systemId: bigint;
+  /** server_version_num, e.g. 150018. */
+  pgVersion: number;
+  walSegSizeBytes: number;
+  /** The slot's restart LSN: where this compute's WAL is kept from. */
+  slotRestartLsn: Lsn;
+  /** The compute's current WAL flush position. */
+  xlogPos: Lsn;
+}
+
+/** Parses SHOW wal_segment_size output ("16MB", "1GB", "512kB"). */
+export function parseWalSegmentSize(text: string): number {
+  const m = /^([0-9]+)\s*(B|kB|MB|GB)$/.exec(text.trim());
+  if (m === null) throw new StrataError("protocol_violation", `Cannot parse wal_segment_size ${JSON.stringify(text)}`);
+  const mult = { B: 1, kB: 1024, MB: 1024 * 1024, GB: 1024 * 1024 * 1024 }[m[2] as "B" | "kB" | "MB" | "GB"];
+  return Number(m[1]) * mult;
+}
+
+function parseLsnFrom(text: string | null | undefined, what: string): Lsn {
+  if (text === null || text === undefined) throw new StrataError("protocol_violation", `${what} is NULL`);
+  try {
+    return parseLsn(text);
+  } catch (e) {
+    throw new StrataError("protocol_violation", `${what} ${JSON.stringify(text)} is not an LSN`, { cause: e });
+  }
+}
+
+/**
+ * The slot's restart LSN, creating the slot (reserving WAL at once) through
+ * a plain SQL connection when it does not exist yet.
+ */
+async function ensureSlot(client: PgClient, ci: ConnInfo, slot: string, appName: string, signal: AbortSignal): Promise<Lsn> {
+  const read = async (): Promise<Lsn | undefined> => {
+    const [r] = await client.simpleQuery(`READ_REPLICATION_SLOT ${slot}`, { signal });
+    const row = r?.rows[0];
+    if (row === undefined || row[0] === null || row[0] === undefined) return undefined;
+    return parseLsnFrom(row[1], `restart_lsn of slot ${slot}`);
+  };
+  const existing = await read();
+  if (existing !== undefined) return existing;
+  const sql = await PgClient.connect(connectOptions(ci, false, appName, signal));
+  try {
+    await sql.simpleQuery(`SELECT pg_create_physical_replication_slot('${slot}', true)`, { signal });
+  } catch (e) {
+    if (!(e instanceof PgServerError && e.sqlstate === SQLSTATE_DUPLICATE_OBJECT)) throw e;
+  } finally {
+    await sql.close();
+  }
+  const created = await read();
+  if (created === undefined) throw new StrataError("not_found", `Replication slot ${slot} still does not exist after creating it`);
+  return created;
+}
+
+/**
+ * Connects to a compute as a replication client and reads its identity:
+ * system id, version, segment size and (creating the slot if needed) the
+ * restart LSN of slot `sk_<id>`. Used for the first registration of a timeline.
+ */
+export async function probeCompute(connstr: string, safekeeperId: number, signal: AbortSignal): Promise<ComputeIdentity> {
+  const ci = parseConnString(connstr);
+  const slot = safekeeperSlotName(safekeeperId);
+  const client = await PgClient.connect(connectOptions(ci, true, slot, signal));
+  try {
+    const ident = await client.identifySystem({ signal });
+    if (!/^[0-9]{1,20}$/.test(ident.systemId)) throw new StrataError("protocol_violation", `Compute reported system id ${JSON.stringify(ident.systemId)}`);
+    const show = async (name: string): Promise<string> => {
+      const [r] = await client.simpleQuery(`SHOW ${name}`, { signal });
+      const v = r?.rows[0]?.[0];
+      if (v === null || v === undefined) throw new StrataError("protocol_violation", `SHOW ${name} returned no value`);
+      return v;
+    };
+    const walSegSizeBytes = parseWalSegmentSize(await show("wal_segment_size"));
+    const versionText = await show("server_version_num");
+    if (!/^[0-9]{5,6}$/.test(versionText)) throw new StrataError("protocol_violation", `Compute reported server_version_num ${JSON.stringify(versionText)}`);
+    const pgVersion = Number(versionText);
+    if (Math.floor(pgVersion / 10000) !== 15) throw new StrataError("unsupported", `Compute runs PostgreSQL ${versionText}; strata supports PostgreSQL 15`);
+    const slotRestartLsn = await ensureSlot(client, ci, slot, slot, signal);
+    return { systemId: BigInt(ident.systemId), pgVersion, walSegSizeBytes, slotRestartLsn, xlogPos: ident.xlogPos };
+  } finally {
+    await client.close();
+  }
+}
+
+/** The LSN a timeline created for a compute starts at: the start of the segment holding the slot's restart LSN. */
+export function timelineStartFor(identity: ComputeIdentity): Lsn {
+  // Standbys and pg_receivewal always ask for whole segments, so keeping the
+  // segment from its start (the compute still has it: the slot holds it) lets
+  // them stream from the safekeeper from the first moment.
+  return segmentStart(segmentNumber(identity.slotRestartLsn, identity.walSegSizeBytes), identity.walSegSizeBytes);
+}
+
+// ---------------------------------------------------------------------------
+// The acceptor task
+// ---------------------------------------------------------------------------
+
+export interface WalAcceptorOptions {
+  timeline: Timeline;
+  registration: ComputeRegistration;
+  safekeeperId: number;
+  log?: Logger;
+}
+
+/**
+ * Streams WAL from the registered compute until `signal` aborts or the
+ * registration's term is superseded, reconnecting with backoff.
+ */
+export async function runWalAcceptor(opts: WalAcceptorOptions, signal: AbortSignal): Promise<void> {
+  const { timeline: tl, registration: reg } = opts;
+  const log = (opts.log ?? silentLogger()).child({ tenant_id: tl.tenantId, timeline_id: tl.timelineId, term: String(reg.term) });
+  let backoffMs = RECONNECT_MIN_MS;
+  let lastError = "";
+  while (!signal.aborted) {
+    if (tl.term > reg.term || tl.isClosed) {
+      log.info({ current_term: String(tl.term) }, "compute's term was superseded; WAL acceptor stops");
+      return;
+    }
+    const started = Date.now();
+    try {
+      await streamOnce(opts, log, signal);
+    } catch (e) {
+      if (signal.aborted) break;
+      const fields = errorFields(e);
+      // The same failure every few seconds (a compute that is down) is logged once until it changes.
+      if (fields.err !== lastError) log.warn(fields, "WAL acceptor connection ended; reconnecting");
+      lastError = fields.err;
+    }
+    if (Date.now() - started > RECONNECT_MAX_MS) backoffMs = RECONNECT_MIN_MS;
+    try {
+      await sleep(backoffMs, signal);
+    } catch {
+      break;
+    }
+    backoffMs = Math.min(backoffMs * 2, RECONNECT_MAX_MS);
+  }
+}
+
+/** One connection: handshake, stream until error or cancellation. */
+async function streamOnce(opts: WalAcceptorOptions, log: Logger, outer: AbortSignal): Promise<void> {
+  const { timeline: tl, registration: reg } = opts;
+  const ac = new AbortController();
+  const onOuterAbort = () => ac.abort(outer.reason);
+  outer.addEventListener("abort", onOuterAbort, { once: true });
+  const onTerm = (t: bigint) => {
+    if (t > reg.term) ac.abort(new StrataError("cancelled", `term ${t} superseded the compute's term ${reg.term}`));
+  };
+  tl.events.on("term", onTerm);
+  const signal = ac.signal;
+  const ci = parseConnString(reg.connstr);
+  const slot = safekeeperSlotName(opts.safekeeperId);
+  let client: PgClient | undefined;
+  try {
+    client = await PgClient.connect(connectOptions(ci, true, slot, signal));
+    const ident = await client.identifySystem({ signal });
+    if (ident.systemId !== tl.systemId.toString()) {
+      throw new StrataError("invalid_argument", `Compute ${ci.host}:${ci.port} has system id ${ident.systemId}, the timeline's is ${tl.systemId}`);
+    }
+    const slotRestart = await ensureSlot(client, ci, slot, slot, signal);
+    const startLsn = await tl.beginComputeTerm(reg.term, reg.startLsn ?? slotRestart);
+    const stream = await client.startReplication({ slot, startLsn, timeline: 1, signal });
+    log.info({ start_lsn: formatLsn(startLsn), compute: `${ci.host}:${ci.port}` }, "streaming WAL from compute");
+    tl.setComputeConnected(true);
+    try {
+      await pump(tl, reg, stream, startLsn, signal, ac);
+    } finally {
+      tl.setComputeConnected(false);
+    }
+  } finally {
+    outer.removeEventListener("abort", onOuterAbort);
+    tl.events.off("term", onTerm);
+    if (client !== undefined && !client.closed) client.close().catch(() => undefined);
+  }
+}
+
+/** Reader and group-commit writer for one stream. Returns/throws when either ends. */
+async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationStream, startLsn: Lsn, signal: AbortSignal, ac: AbortController): Promise<void> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let pendingStart: Lsn = startLsn;
+  let expected: Lsn = startLsn;
+  let wakeWriter: (() => void) | undefined;
+  let wakeReader: (() => void) | undefined;
+  let done = false;
+
+  const sendStatus = (replyRequested = false) => {
+    const flush = tl.flushLsn;
+    stream.sendStatusUpdate({ writeLsn: tl.writeLsn, flushLsn: flush, applyLsn: flush, replyRequested });
+  };
+
+  const writer = async (): Promise<void> => {
+    let lastStatusMs = Date.now();
+    while (!done && !signal.aborted) {
+      if (pendingBytes === 0) {
+        let timer: NodeJS.Timeout | undefined;
+        await new Promise<void>((resolve) => {
+          wakeWriter = resolve;
+          timer = setTimeout(resolve, STATUS_INTERVAL_MS);
+        });
+        clearTimeout(timer);
+        wakeWriter = undefined;
+        if (pendingBytes === 0) {
+          if (Date.now() - lastStatusMs >= STATUS_INTERVAL_MS && !done) {
+            sendStatus();
+            lastStatusMs = Date.now();
+          }
+          continue;
+        }
+      }
+      // Let the reader drain messages already parsed from the socket (they are
+      // handed over in microtasks) so they share this batch's fsync instead of
+      // waiting for the next one.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      // Take up to MAX_WRITE_BATCH_BYTES (whole messages; one message is at most the client's message limit).
+      let take = 0;
+      let bytes = 0;
+      while (take < pending.length && (take === 0 || bytes + pending[take]!.length <= MAX_WRITE_BATCH_BYTES)) bytes += pending[take++]!.length;
+      const batch = take === 1 ? pending[0]! : Buffer.concat(pending.slice(0, take), bytes);
+      const at = pendingStart;
+      pending = pending.slice(take);
+      pendingBytes -= bytes;
+      pendingStart = toLsn(at + BigInt(bytes));
+      const w = wakeReader;
+      wakeReader = undefined;
+      w?.();
+      await tl.appendWalFromCompute(reg.term, at, batch);
+      await tl.flush();
+      if (!done) sendStatus();
+      lastStatusMs = Date.now();
+    }
+  };
+
+  const reader = async (): Promise<void> => {
+    for await (const m of stream) {
+      if (m.kind === "XLogData") {
+        if (m.dataStart !== expected) {
+          throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
+        }
+        if (m.data.length === 0) continue;
+        pending.push(m.data);
+        pendingBytes += m.data.length;
+        expected = toLsn(expected + BigInt(m.data.length));
+        const w = wakeWriter;
+        wakeWriter = undefined;
+        w?.();
+        while (pendingBytes > MAX_PENDING_BYTES && !signal.aborted) {
+          await new Promise<void>((resolve) => {
+            wakeReader = resolve;
+          });
+        }
+      } else if (m.replyRequested) {
+        sendStatus();
+      }
+    }
+    throw new StrataError("io_error", `Compute ended the replication stream at ${formatLsn(expected)}`);
+  };
+
+  const failFast = (e: unknown) => {
+    done = true;
+    if (!signal.aborted) ac.abort(e);
+    wakeWriter?.();
+    wakeReader?.();
+    throw e;
+  };
+  try {
+    await Promise.all([writer().catch(failFast), reader().catch(failFast)]);
+  } finally {
+    done = true;
+  }
+}
