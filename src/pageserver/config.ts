@@ -23,10 +23,16 @@ export interface TenantConfig {
   compactionTargetSizeBytes: number;
   /** GC keeps at least this many bytes of WAL history below last_record_lsn. */
   gcHorizonBytes: number;
-  /** GC keeps at least this much wall-clock history (point-in-time restore window). */
+  /** GC keeps at least this much wall-clock history (point-in-time restore window); 0 = no time limit. */
   pitrIntervalMs: number;
+  /** How often the tenant's background GC task runs (gc.ts); 0 disables it (the HTTP trigger still works). */
+  gcPeriodMs: number;
   /** How long a read waits for WAL ingest to reach its LSN. */
   waitLsnTimeoutMs: number;
+  /** WAL receiver: switch safekeepers when the current one's commit LSN lags the best other one by more than this... */
+  safekeeperMaxLagBytes: number;
+  /** ...continuously for longer than this (wal_receiver.ts). */
+  safekeeperLagGraceMs: number;
 }
 
 /**
@@ -43,7 +49,13 @@ export const DEFAULT_TENANT_CONFIG: Readonly<TenantConfig> = Object.freeze({
   compactionTargetSizeBytes: 128 * 1024 * 1024,
   gcHorizonBytes: 64 * 1024 * 1024,
   pitrIntervalMs: 7 * 24 * 3600 * 1000,
+  // Hourly: GC only frees space, and each pass lists every layer of every timeline.
+  gcPeriodMs: 3600 * 1000,
   waitLsnTimeoutMs: 60_000,
+  // One WAL segment of lag for 5 s: a safekeeper that far behind for that long is stuck or
+  // partitioned, while normal replication jitter between safekeepers is far below a segment.
+  safekeeperMaxLagBytes: 16 * 1024 * 1024,
+  safekeeperLagGraceMs: 5_000,
 });
 
 /** Bounds of each setting: [min, max]. Outside them a value is a mistake. */
@@ -55,7 +67,10 @@ const BOUNDS: Record<keyof TenantConfig, readonly [number, number]> = {
   compactionTargetSizeBytes: [8 * 1024, 16 * 1024 * 1024 * 1024],
   gcHorizonBytes: [0, Number.MAX_SAFE_INTEGER],
   pitrIntervalMs: [0, 10 * 365 * 24 * 3600 * 1000],
+  gcPeriodMs: [0, 7 * 24 * 3600 * 1000],
   waitLsnTimeoutMs: [1, 3600 * 1000],
+  safekeeperMaxLagBytes: [0, Number.MAX_SAFE_INTEGER],
+  safekeeperLagGraceMs: [0, 3600 * 1000],
 };
 
 /** Validates a (partial) tenant config from outside (HTTP body, config file) and fills in defaults. */

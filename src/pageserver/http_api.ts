@@ -17,6 +17,10 @@
  *   DELETE /v1/tenant/:tenant_id/timeline/:timeline_id
  *   PUT    /v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint           flush open layers now
  *   PUT    /v1/tenant/:tenant_id/timeline/:timeline_id/compact  {force?}    merge level-0 deltas, create image layers where needed
+ *   PUT    /v1/tenant/:tenant_id/timeline/:timeline_id/do_gc                GC now (gc.ts): persists the cutoff
+ *          (min(last_record_lsn - gcHorizonBytes, LSN at now - pitrIntervalMs)), removes layers no read at or
+ *          above it (or at a child's branch point) needs -> {cutoff, retainedBranchPoints, layersTotal,
+ *          layersRemoved, removedFiles, bytesRemoved}
  *   GET    /metrics                                                         Prometheus
  *
  * Ids and LSNs from the URL or body are validated here (400 with the
@@ -183,6 +187,9 @@ export function buildHttpApi(ps: PageserverControl, opts: { log: Logger; registr
       const images = await createImageLayers(tl, { force });
       return { level0, images };
     });
+  });
+  app.put<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id/do_gc", async (req) => {
+    return tenantOf(req.params).gcTimeline(parseTimelineId(req.params.timeline_id));
   });
   return app;
 }

@@ -16,6 +16,11 @@
  * Isolation: every redo request of this tenant goes to the tenant's own pool
  * (`WalRedoManager.pool(tenantId)`), never to another tenant's processes.
  *
+ * GC (gc.ts) runs as one background task per tenant (kind "gc", every
+ * `gcPeriodMs`), over its active timelines, parents and children alike; the
+ * tenant supplies each timeline's retain points (its children's branch
+ * points).
+ *
  * Deletion of a timeline renames its directory to `<id>.___deleted` first
  * (one atomic step), then removes it; a crash in between leaves a marker
  * that the next load finishes removing. A timeline with children cannot be
@@ -33,6 +38,7 @@ import type { WalRedoManager } from "../walredo/pool.js";
 import { parseTenantConfig, type TenantConfig } from "./config.js";
 import type { IndexPageCache } from "./layers/page_cache.js";
 import { fsyncDir } from "./layers/layer_file.js";
+import { gcTimeline, type GcResult } from "./gc.js";
 import { readMetadata } from "./metadata.js";
 import type { PageserverMetrics } from "./metrics.js";
 import type { MaterializedPageCache } from "./page_cache.js";
@@ -41,6 +47,8 @@ import { Timeline, type TimelineDeps } from "./timeline.js";
 export const TENANT_CONFIG_FILE_NAME = "config.json";
 export const TIMELINES_DIR_NAME = "timelines";
 const DELETED_SUFFIX = ".___deleted";
+/** The GC task re-checks its period this often (so a changed gcPeriodMs applies within a second). */
+const GC_LOOP_TICK_MS = 1_000;
 
 export type TenantState = "active" | "broken" | "stopping" | "stopped";
 
@@ -174,9 +182,57 @@ export class Tenant {
     this.log.error({ reason }, "tenant is broken");
   }
 
-  /** Starts background tasks of every active timeline. */
+  /** Starts background tasks of every active timeline, and the tenant's GC task. */
   activate(): void {
     for (const tl of this.timelines.values()) tl.activate();
+    if (this.state === "active" && !this.gcTaskStarted) {
+      this.gcTaskStarted = true;
+      this.deps.tasks.spawn("gc", { tenantId: this.tenantId, name: `gc ${this.tenantId}` }, (signal) => this.gcLoop(signal));
+    }
+  }
+
+  private gcTaskStarted = false;
+
+  /** Branch points (ancestor LSNs) of the children of `id`: GC keeps what reads at them need. */
+  branchPointsOf(id: TimelineId): Lsn[] {
+    return this.listTimelines().filter((t) => t.ancestorTimelineId === id).map((t) => t.ancestorLsn);
+  }
+
+  /** One GC pass on one timeline (HTTP trigger and the background task). */
+  async gcTimeline(id: TimelineId, signal?: AbortSignal): Promise<GcResult> {
+    this.checkActive();
+    const tl = this.getTimeline(id);
+    if (tl.state !== "active") throw new StrataError("unavailable", `Timeline ${id} is ${tl.state}${tl.brokenReason === undefined ? "" : ` (${tl.brokenReason})`}; cannot run GC`);
+    return gcTimeline(tl, this.branchPointsOf(id), signal === undefined ? {} : { signal });
+  }
+
+  private async gcLoop(signal: AbortSignal): Promise<void> {
+    let lastRunMs = Date.now();
+    while (!signal.aborted && this.state === "active") {
+      // Wake every tick and compare with the current period, so a config PATCH takes effect at once; 0 = idle.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.min(GC_LOOP_TICK_MS, Math.max(1, this.config.gcPeriodMs)));
+        const onAbort = () => done();
+        function done() {
+          clearTimeout(timer);
+          signal.removeEventListener("abort", onAbort);
+          resolve();
+        }
+        signal.addEventListener("abort", onAbort, { once: true });
+      });
+      const period = this.config.gcPeriodMs;
+      if (signal.aborted || this.state !== "active" || period === 0 || Date.now() - lastRunMs < period) continue;
+      lastRunMs = Date.now();
+      for (const tl of this.listTimelines()) {
+        if (signal.aborted) break;
+        if (tl.state !== "active" || tl.diskConsistentLsn === 0n) continue;
+        try {
+          await this.gcTimeline(tl.timelineId, signal);
+        } catch (e) {
+          if (!signal.aborted) this.log.warn({ timeline_id: tl.timelineId, err: (e as Error).message }, "GC failed");
+        }
+      }
+    }
   }
 
   private checkActive(): void {

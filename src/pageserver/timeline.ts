@@ -61,6 +61,7 @@ import { PersistentLayer } from "./layers/layer.js";
 import { LayerMap } from "./layers/layer_map.js";
 import { isTempFileName, tryParseLayerFileName, type LayerDesc } from "./layers/layer_name.js";
 import { resolveInterruptedCompaction } from "./compaction.js";
+import { LsnTimeHistory } from "./gc.js";
 import type { IndexPageCache } from "./layers/page_cache.js";
 import { collectReconstructData, type ReconstructData } from "./layers/reconstruct.js";
 import type { Value, WalValue } from "./layers/value.js";
@@ -141,6 +142,8 @@ export class Timeline implements DatadirReader, DatadirWriter {
   private flushing: Promise<void> = Promise.resolve();
   private activeReads = 0;
   private retired: Array<InMemoryLayer | PersistentLayer> = [];
+  /** (time, last_record_lsn) samples for GC's PITR cutoff (gc.ts), in memory only. */
+  readonly lsnTimeHistory = new LsnTimeHistory();
   /** Highest commit LSN a safekeeper reported (for lag metrics). */
   remoteCommitLsn: Lsn = INVALID_LSN;
   /**
@@ -383,6 +386,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
     for (const f of this.frozen.keys()) f.close();
     this.frozen.clear();
     for (const l of this.layers.historicLayers()) if (l instanceof PersistentLayer) await l.close();
+    await this.retiredClosed.catch(() => undefined);
     for (const l of this.retired) await closeLayer(l);
     this.retired = [];
     this.deps.pageCache.dropTimeline(this.timelineId);
@@ -440,6 +444,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
     }
     this._lastRecordLsn = end;
     this._prevRecordLsn = prevRecordLsn;
+    this.lsnTimeHistory.record(Date.now(), end);
     this.wakeWaiters();
     const open = this.openLayer;
     if (open !== undefined && (this.freezeRequested || open.sizeBytes >= this.deps.conf().checkpointDistanceBytes)) this.freezeOpenLayer();
@@ -589,21 +594,47 @@ export class Timeline implements DatadirReader, DatadirWriter {
     }
   }
 
+  /**
+   * GC: takes `remove` out of the layer map in one step; their files are
+   * deleted (and the directory fsynced) once no read is in flight. Resolves
+   * when that has happened, or at once when reads are in flight (the last
+   * of them to finish then deletes the files).
+   */
+  async removeHistoricLayers(remove: readonly PersistentLayer[]): Promise<void> {
+    this.replaceHistoricLayers(remove, []);
+    await this.retiredClosed;
+  }
+
   private readonly deleteOnClose = new Set<PersistentLayer>();
+  /** The latest close of retired layers (GC awaits it). */
+  private retiredClosed: Promise<void> = Promise.resolve();
 
   private retire(layer: InMemoryLayer | PersistentLayer, opts: { deleteFile?: boolean } = {}): void {
     if (opts.deleteFile === true && layer instanceof PersistentLayer) this.deleteOnClose.add(layer);
     this.retired.push(layer);
-    if (this.activeReads === 0) void this.closeRetired();
+    if (this.activeReads === 0) this.scheduleCloseRetired();
   }
 
-  private async closeRetired(): Promise<void> {
+  private scheduleCloseRetired(): void {
+    // Take the list now (shutdown closes whatever is still in `retired`), process after the previous batch.
     const list = this.retired;
     this.retired = [];
+    const run = this.retiredClosed.catch(() => undefined).then(() => this.closeRetired(list));
+    this.retiredClosed = run;
+    void run.catch(() => undefined);
+  }
+
+  private async closeRetired(list: Array<InMemoryLayer | PersistentLayer>): Promise<void> {
+    let deleted = false;
     for (const l of list) {
       await closeLayer(l);
-      if (l instanceof PersistentLayer && this.deleteOnClose.delete(l)) await unlink(l.path).catch(() => undefined);
+      if (l instanceof PersistentLayer && this.deleteOnClose.delete(l)) {
+        await unlink(l.path).catch(() => undefined);
+        deleted = true;
+      }
     }
+    // Make the deletions durable (a resurrected file after a crash would be harmless but wasteful).
+    if (deleted) await fsyncDir(this.dir).catch((e: unknown) => this.log.warn({ err: (e as Error).message }, "fsync of timeline directory after layer deletion failed"));
   }
 
   private compacting: Promise<unknown> = Promise.resolve();
@@ -720,7 +751,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
       return await collectReconstructData(this.layers, key, lsn);
     } finally {
       this.activeReads--;
-      if (this.activeReads === 0 && this.retired.length > 0) void this.closeRetired();
+      if (this.activeReads === 0 && this.retired.length > 0) this.scheduleCloseRetired();
     }
   }
 

@@ -35,8 +35,17 @@
  * safekeeper. An ingest error (an unsupported or corrupt record) is not
  * retried: it stops the timeline's ingest, and the timeline is marked
  * Broken with the record's LSN and reason — never silent loss.
- * Not yet: switching safekeepers while streaming when another one gets far
- * ahead (only on failure).
+ *
+ * Switching on lag: while streaming, with more than one safekeeper
+ * configured, the receiver probes the others every LAG_PROBE_INTERVAL_MS
+ * (a short connection: IDENTIFY_SYSTEM's xlogpos is the commit LSN each can
+ * serve). When the current safekeeper's commit LSN (the walEnd of its latest
+ * message) trails the best other one by more than the tenant's
+ * `safekeeperMaxLagBytes` continuously for longer than
+ * `safekeeperLagGraceMs` (SafekeeperLagMonitor, a pure decision), the
+ * stream is closed and the attempt ends without error; the next attempt
+ * picks the furthest-ahead safekeeper again. Nothing is lost: streaming
+ * resumes at last_record_lsn.
  */
 import type { Logger } from "pino";
 import { StrataError } from "../lib/errors.js";
@@ -57,6 +66,41 @@ export const SAFEKEEPER_CONNECT_TIMEOUT_MS = 5_000;
 /** Reconnect back-off: 100 ms doubling to 5 s (a restarted safekeeper is back within seconds). */
 const RECONNECT_BACKOFF_BASE_MS = 100;
 const RECONNECT_BACKOFF_MAX_MS = 5_000;
+
+/** How often the other safekeepers' positions are probed while streaming (one short connection each). */
+export const LAG_PROBE_INTERVAL_MS = 2_000;
+
+/**
+ * Decides when to leave a lagging safekeeper: `observe` is fed the current
+ * safekeeper's commit LSN and the best commit LSN among the others (undefined
+ * when none answered) and returns true once the lag has exceeded
+ * `maxLagBytes` without interruption for more than `graceMs`. Any
+ * observation within the limit (or without a reachable other) resets it, so
+ * a brief burst on one safekeeper does not cause a switch.
+ */
+export class SafekeeperLagMonitor {
+  private laggingSinceMs: number | undefined;
+
+  constructor(
+    private readonly maxLagBytes: number,
+    private readonly graceMs: number,
+  ) {}
+
+  observe(nowMs: number, currentCommitLsn: Lsn, bestOtherCommitLsn: Lsn | undefined): boolean {
+    const lagging = bestOtherCommitLsn !== undefined && bestOtherCommitLsn - currentCommitLsn > BigInt(this.maxLagBytes);
+    if (!lagging) {
+      this.laggingSinceMs = undefined;
+      return false;
+    }
+    this.laggingSinceMs ??= nowMs;
+    return nowMs - this.laggingSinceMs > this.graceMs;
+  }
+
+  /** Since when the current safekeeper has been lagging (undefined: it is not). */
+  get laggingSince(): number | undefined {
+    return this.laggingSinceMs;
+  }
+}
 
 export interface SafekeeperAddress {
   readonly host: string;
@@ -140,26 +184,41 @@ export class WalReceiver {
     this.status.state = "stopped";
   }
 
+  /** Connects to one safekeeper and asks IDENTIFY_SYSTEM for its commit LSN (bounded); the caller closes the client. */
+  private async connectAndIdentify(addr: SafekeeperAddress, signal: AbortSignal): Promise<{ client: PgClient; addr: SafekeeperAddress; commitLsn: Lsn }> {
+    const options = `-c tenant_id=${this.tl.tenantId} -c timeline_id=${this.tl.timelineId}`;
+    const client = await PgClient.connect({
+      host: addr.host, port: addr.port, user: this.opts.user ?? "postgres", replication: true, options,
+      applicationName: `pageserver_${this.tl.timelineId}`, connectTimeoutMs: SAFEKEEPER_CONNECT_TIMEOUT_MS, signal,
+    });
+    try {
+      const id = await client.identifySystem({ signal: AbortSignal.any([signal, AbortSignal.timeout(SAFEKEEPER_CONNECT_TIMEOUT_MS)]) });
+      return { client, addr, commitLsn: id.xlogPos };
+    } catch (e) {
+      await client.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** The best commit LSN among `addrs` (unreachable ones are skipped), or undefined when none answered. */
+  private async probeOthers(addrs: readonly SafekeeperAddress[], signal: AbortSignal): Promise<Lsn | undefined> {
+    const results = await Promise.allSettled(
+      addrs.map(async (addr) => {
+        const r = await this.connectAndIdentify(addr, signal);
+        await r.client.close().catch(() => undefined);
+        return r.commitLsn;
+      }),
+    );
+    let best: Lsn | undefined;
+    for (const r of results) if (r.status === "fulfilled" && (best === undefined || r.value > best)) best = r.value;
+    return best;
+  }
+
   /** Connects to each safekeeper, keeps the one with the highest commit LSN. */
   private async pick(signal: AbortSignal): Promise<{ client: PgClient; addr: SafekeeperAddress; commitLsn: Lsn }> {
     const addrs = this.opts.safekeepers();
     if (addrs.length === 0) throw new StrataError("invalid_argument", `No safekeepers configured for timeline ${this.tl.timelineId}`);
-    const options = `-c tenant_id=${this.tl.tenantId} -c timeline_id=${this.tl.timelineId}`;
-    const results = await Promise.allSettled(
-      addrs.map(async (addr) => {
-        const client = await PgClient.connect({
-          host: addr.host, port: addr.port, user: this.opts.user ?? "postgres", replication: true, options,
-          applicationName: `pageserver_${this.tl.timelineId}`, connectTimeoutMs: SAFEKEEPER_CONNECT_TIMEOUT_MS, signal,
-        });
-        try {
-          const id = await client.identifySystem({ signal: AbortSignal.any([signal, AbortSignal.timeout(SAFEKEEPER_CONNECT_TIMEOUT_MS)]) });
-          return { client, addr, commitLsn: id.xlogPos };
-        } catch (e) {
-          await client.close().catch(() => undefined);
-          throw e;
-        }
-      }),
-    );
+    const results = await Promise.allSettled(addrs.map((addr) => this.connectAndIdentify(addr, signal)));
     let best: { client: PgClient; addr: SafekeeperAddress; commitLsn: Lsn } | undefined;
     const errors: string[] = [];
     for (const r of results) {
@@ -177,6 +236,9 @@ export class WalReceiver {
     const onAbort = () => void client.close().catch(() => undefined);
     signal.addEventListener("abort", onAbort, { once: true });
     let feedbackTimer: NodeJS.Timeout | undefined;
+    let probeTimer: NodeJS.Timeout | undefined;
+    let switching = false;
+    let currentCommit = commitLsn;
     try {
       const start = this.tl.lastRecordLsn;
       this.status.safekeeper = `${addr.host}:${addr.port}`;
@@ -197,7 +259,32 @@ export class WalReceiver {
         }
       };
       feedbackTimer = setInterval(sendFeedback, this.opts.feedbackIntervalMs ?? FEEDBACK_INTERVAL_MS);
+      const others = this.opts.safekeepers().filter((a) => a.host !== addr.host || a.port !== addr.port);
+      if (others.length > 0) {
+        const conf = this.tl.deps.conf();
+        const monitor = new SafekeeperLagMonitor(conf.safekeeperMaxLagBytes, conf.safekeeperLagGraceMs);
+        let probing = false;
+        probeTimer = setInterval(() => {
+          if (probing || switching) return;
+          probing = true;
+          void this.probeOthers(others, signal)
+            .then((best) => {
+              if (switching || signal.aborted || !monitor.observe(Date.now(), currentCommit, best)) return;
+              switching = true;
+              this.opts.log.warn(
+                { tenant_id: this.tl.tenantId, timeline_id: this.tl.timelineId, safekeeper: this.status.safekeeper, commit_lsn: formatLsn(currentCommit), best_other_commit_lsn: formatLsn(best ?? INVALID_LSN) },
+                "current safekeeper lags too far behind; switching",
+              );
+              void client.close().catch(() => undefined);
+            })
+            .catch(() => undefined)
+            .finally(() => {
+              probing = false;
+            });
+        }, LAG_PROBE_INTERVAL_MS);
+      }
       for await (const m of stream) {
+        if (m.walEnd > currentCommit) currentCommit = m.walEnd;
         if (m.walEnd > this.tl.remoteCommitLsn) this.tl.remoteCommitLsn = m.walEnd;
         this.status.commitLsn = formatLsn(this.tl.remoteCommitLsn);
         if (m.kind === "PrimaryKeepalive") {
@@ -229,9 +316,15 @@ export class WalReceiver {
           this.tl.deps.metrics.ingestBytes.inc(rec.totalLength);
         }
       }
+      if (switching) return;
       throw new StrataError("unavailable", `Safekeeper ${this.status.safekeeper} ended the stream`);
+    } catch (e) {
+      // Closing the connection to switch safekeepers is not a failure (unless ingest itself failed).
+      if (switching && !(e instanceof IngestError) && !signal.aborted) return;
+      throw e;
     } finally {
       clearInterval(feedbackTimer);
+      clearInterval(probeTimer);
       signal.removeEventListener("abort", onAbort);
       await client.close().catch(() => undefined);
     }
