@@ -64,11 +64,11 @@ for (const members of [3, 5]) {
   });
 }
 
-// Known failures of timeline.ts found by this simulation (see the consensus report): truncation
-// leaves the control file's flush LSN hint past the truncation point (reopen fails, or recovery
-// reports zeroed bytes as WAL), and flushRecordLsn falls back to the timeline start after a
-// restart following a truncation (a wrong donor: acknowledged WAL lost). Remove `todo` once fixed.
-test(`consensus simulation against the service's Timeline: 3 safekeepers, ${SERVICE_SEEDS} seeds + regression seeds`, { todo: "timeline.ts: truncation hint ordering, flushRecordLsn fallback" }, async () => {
+// The same protocol against the service's Timeline (timeline.ts). The regression seeds reproduced
+// its former bugs: truncation leaving the control file's flush LSN hint past the truncation point
+// (reopen failed, or recovery reported zeroed bytes as WAL), and flushRecordLsn falling back to the
+// timeline start after a truncation (a wrong donor: acknowledged WAL lost).
+test(`consensus simulation against the service's Timeline: 3 safekeepers, ${SERVICE_SEEDS} seeds + regression seeds`, async () => {
   const { reports, failures } = await runMany(3, SERVICE_SEEDS, serviceTimelineKind, SERVICE_REGRESSION_SEEDS);
   console.log(`service Timeline: ${reports.length} seeds passed, ${failures.length} failed`);
   for (const f of failures.slice(0, 5)) console.log(f.message.split("\n")[0]);

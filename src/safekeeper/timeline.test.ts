@@ -134,3 +134,42 @@ test("consensus surface: votes, truncation with a new history, WAL from a peer, 
     await assert.rejects(tl.beginComputeTerm(term(7), undefined), /waiting for consensus/);
   });
 });
+
+test("truncation: exact flush record LSN after a cut (and after reopen); a compute waits until the WAL reaches its term's start", async () => {
+  await withTimeline(false, async (tl0, _opts, reopen) => {
+    let tl = tl0;
+    const { bytes, ends } = makeWal(30);
+    const off = (l: Lsn) => Number(l - START);
+    assert.equal((await tl.vote(term(5))).granted, true);
+    await tl.truncateAndSetHistory(term(5), [{ term: term(5), lsn: START }], START);
+    await tl.appendWalFromPeer(term(5), START, bytes);
+    await tl.persistProgressNow(); // the flush LSN hint now points near the WAL end
+    // Term 6 starts at ends[25]; this member keeps WAL only up to ends[20] and must fetch the rest.
+    const history = [
+      { term: term(5), lsn: START },
+      { term: term(6), lsn: ends[25]! },
+    ];
+    assert.equal((await tl.vote(term(6))).granted, true);
+    await tl.truncateAndSetHistory(term(6), history, ends[20]!);
+    assert.equal(tl.flushLsn, ends[20]);
+    assert.equal((await tl.snapshot()).flushRecordLsn, ends[20], "the cut point, not the timeline start");
+    assert.equal(tl.getState().flushRecordLsn, ends[20]);
+    // Reopen (WAL recovery from the hint, which the cut moved to ends[20] before truncating).
+    tl = await reopen();
+    assert.ok(tl.flushLsn >= ends[20]! && tl.flushLsn - ends[20]! < 8n, "recovery ends at the cut (up to alignment padding)");
+    assert.equal((await tl.snapshot()).flushRecordLsn, ends[20]);
+    assert.equal(tl.getState().flushRecordLsn, ends[20]);
+    // Joined term 6, but the WAL here stops before the term's start: no compute streaming yet.
+    await tl.registerCompute({ connstr: "host=c", term: term(6), startLsn: undefined });
+    await assert.rejects(tl.beginComputeTerm(term(6), undefined), /not yet caught up to the start of term 6/);
+    await assert.rejects(tl.appendWalFromCompute(term(6), tl.writeLsn, new Uint8Array(8)), /not yet caught up/);
+    await tl.appendWalFromPeer(term(6), tl.writeLsn, bytes.subarray(off(tl.writeLsn), off(ends[25]!)));
+    assert.equal(await tl.beginComputeTerm(term(6), undefined), ends[25]);
+    await tl.appendWalFromCompute(term(6), ends[25]!, bytes.subarray(off(ends[25]!), off(ends[27]!)));
+    // A vote fsyncs WAL already written before answering: its position covers it.
+    const v = await tl.vote(term(7));
+    assert.equal(v.granted, true);
+    assert.equal(v.snapshot.flushLsn, ends[27]);
+    assert.equal(v.snapshot.flushRecordLsn, ends[27]);
+  });
+});

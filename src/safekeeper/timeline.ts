@@ -34,8 +34,15 @@
  *   Otherwise consensus sets it (`setCommitLsn`). Consumers are served WAL
  *   only up to min(commit_lsn, flush LSN) (`servableLsn`): never WAL that
  *   could still be truncated, never WAL not on this disk.
- * * Truncation order follows timeline_dir.ts: WAL first, then the control
- *   file's term history.
+ * * Truncation order (as consensus/store_timeline.ts): first the control
+ *   file's flush LSN hint moves to the truncation point if it lies past it,
+ *   then the WAL is truncated (durably), then the control file stores the
+ *   term history. A vote fsyncs WAL already written before persisting the
+ *   term, so the vote's position covers every byte later reported flushed.
+ * * A compute's WAL is accepted only once the history up to the flush LSN
+ *   ends with its term (this safekeeper's WAL reached the term's start).
+ * * flushRecordLsn is exact: when WalStorage does not know the last record
+ *   end it is found by decoding (exactFlushRecordLsn), cached per flush LSN.
  *
  * Persistence of progress: the control file's commit LSN and flush LSN hint
  * are stored at most every PROGRESS_PERSIST_INTERVAL_MS (and on close), not on
@@ -59,6 +66,8 @@ import type { SafekeeperMetrics } from "./metrics.js";
 import { appendTerm, checkTermHistory, formatTermHistory, historyUpTo, INVALID_TERM, lastTerm, term as toTerm, type Term, type TermHistory } from "./term_history.js";
 import { TimelineStore, timelineDirPath } from "./timeline_dir.js";
 import { TermRefusedError, type AcceptorSnapshot, type ConsensusTimeline, type VoteResult } from "./consensus/acceptor_state.js";
+import { exactFlushRecordLsn } from "./consensus/store_timeline.js";
+import { decoderStartAtOrAfter } from "./wal_storage.js";
 
 /** File next to the control file holding the registered compute (JSON). */
 export const COMPUTE_FILE_NAME = "compute.json";
@@ -203,6 +212,8 @@ export class Timeline implements ConsensusTimeline {
   private lastPersistMs = 0;
   private persisting: Promise<void> | undefined;
   private closed = false;
+  /** The flush record LSN found by decoding (exactFlushRecordLsn) for one flush LSN, while WalStorage knows none. */
+  private scanned: { flushLsn: Lsn; recordLsn: Lsn } | undefined;
 
   private constructor(
     private readonly store: TimelineStore,
@@ -253,6 +264,13 @@ export class Timeline implements ConsensusTimeline {
       throw e;
     }
     const tl = new Timeline(store, opts, compute);
+    try {
+      await tl.refreshFlushRecordLsn();
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+    if (opts.soloCommit) tl.advanceSoloCommit();
     const r = store.wal.recovery;
     tl.log.info(
       { end_lsn: formatLsn(r.endLsn), records: r.recordsDecoded, zeroed_bytes: r.zeroedBytes, stop_reason: r.stopReason, term: String(tl.term) },
@@ -293,9 +311,29 @@ export class Timeline implements ConsensusTimeline {
   get flushLsn(): Lsn {
     return this.store.wal.flushLsn;
   }
-  /** End of the last complete flushed record; the timeline start while none is known. */
+  /**
+   * End of the last complete flushed record. When WalStorage does not know it
+   * (after a truncation below its last tracked record, or a restart following
+   * one) the value found by decoding (refreshFlushRecordLsn, run after every
+   * truncation, flush and open) is used; never the timeline start in place of
+   * a real record end, which would under-report this member to consensus.
+   */
   get flushRecordLsn(): Lsn {
-    return this.store.wal.flushRecordLsn ?? this.timelineStartLsn;
+    const known = this.store.wal.flushRecordLsn;
+    if (known !== undefined) return known;
+    if (this.scanned !== undefined && this.scanned.flushLsn === this.flushLsn) return this.scanned.recordLsn;
+    return this.scanned?.recordLsn ?? this.timelineStartLsn;
+  }
+
+  /** Makes `flushRecordLsn` exact for the current flush LSN (decodes WAL if WalStorage does not know it). */
+  private async refreshFlushRecordLsn(): Promise<Lsn> {
+    const known = this.store.wal.flushRecordLsn;
+    if (known !== undefined) return known;
+    const flush = this.flushLsn;
+    if (this.scanned?.flushLsn === flush) return this.scanned.recordLsn;
+    const recordLsn = await exactFlushRecordLsn(this.store);
+    this.scanned = { flushLsn: flush, recordLsn };
+    return recordLsn;
   }
   get oldestLsn(): Lsn {
     return this.store.wal.oldestLsn;
@@ -363,12 +401,13 @@ export class Timeline implements ConsensusTimeline {
     return this.mutex.run(async () => this.snapshotNow());
   }
 
-  private snapshotNow(): AcceptorSnapshot {
+  private async snapshotNow(): Promise<AcceptorSnapshot> {
+    const flushRecordLsn = await this.refreshFlushRecordLsn();
     return {
       term: this.term,
       termHistory: this.termHistory,
       flushLsn: this.flushLsn,
-      flushRecordLsn: this.flushRecordLsn,
+      flushRecordLsn,
       commitLsn: this.commit,
       timelineStartLsn: this.timelineStartLsn,
     };
@@ -384,8 +423,14 @@ export class Timeline implements ConsensusTimeline {
     return this.mutex.run(async () => {
       this.checkOpen();
       const granted = t > this.term;
-      if (granted) await this.persistTerm(t);
-      return { granted, snapshot: this.snapshotNow() };
+      if (granted) {
+        // WAL written but not yet fsynced would become durable — and be reported to its
+        // compute — after this vote, yet be missing from the position the vote reports.
+        // Make it durable first.
+        if (this.writeLsn !== this.flushLsn) await this.flushLocked();
+        await this.persistTerm(t);
+      }
+      return { granted, snapshot: await this.snapshotNow() };
     });
   }
 
@@ -409,7 +454,7 @@ export class Timeline implements ConsensusTimeline {
       if (truncateLsn > this.writeLsn) {
         throw new StrataError("invalid_argument", `Cannot truncate WAL at ${formatLsn(truncateLsn)}: past the write LSN ${formatLsn(this.writeLsn)}`);
       }
-      if (truncateLsn < this.writeLsn) await this.store.wal.truncate(truncateLsn);
+      if (truncateLsn < this.writeLsn) await this.truncateLocked(truncateLsn);
       else if (this.writeLsn !== this.flushLsn) await this.flushLocked();
       const termChanged = t !== this.term;
       await this.store.persistProgress((s) => ({ ...s, term: t, termHistory: history }));
@@ -433,7 +478,12 @@ export class Timeline implements ConsensusTimeline {
       if (computeTerm !== this.term) throw this.stale(computeTerm, "stream WAL");
       // Anything written but not flushed (an earlier connection) is made durable first: streaming resumes after it.
       if (this.writeLsn !== this.flushLsn) await this.flushLocked();
-      if (lastTerm(this.termHistory) === computeTerm) return this.writeLsn;
+      if (lastTerm(this.termHistory) === computeTerm) {
+        // Joined the term, but the WAL here must also reach the term's start (recovery from a
+        // peer may still be fetching it): a compute never streams into a gap.
+        this.checkCaughtUp(computeTerm);
+        return this.writeLsn;
+      }
       if (!this.opts.soloCommit) {
         // With peers the endpoint-start protocol (consensus) establishes the term's start and WAL.
         throw new StrataError("unavailable", `Term ${computeTerm} has not been joined on ${this.tenantId}/${this.timelineId} yet (history ${formatTermHistory(this.termHistory)}); waiting for consensus`);
@@ -456,7 +506,7 @@ export class Timeline implements ConsensusTimeline {
           throw new StrataError("invalid_argument", `Compute of term ${computeTerm} starts at ${formatLsn(startLsn)}, before the oldest WAL kept (${formatLsn(this.oldestLsn)})`);
         }
         at = startLsn;
-        if (at < this.writeLsn) await this.store.wal.truncate(at);
+        if (at < this.writeLsn) await this.truncateLocked(at);
       }
       const history = appendTerm(historyUpTo(this.termHistory, at), computeTerm, at);
       await this.store.persistProgress((s) => ({ ...s, termHistory: history }));
@@ -494,6 +544,7 @@ export class Timeline implements ConsensusTimeline {
     return this.mutex.run(async () => {
       this.checkOpen();
       if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
+      this.checkCaughtUp(computeTerm);
       await this.writeLocked(startLsn, bytes);
     });
   }
@@ -510,6 +561,35 @@ export class Timeline implements ConsensusTimeline {
       await this.writeLocked(startLsn, bytes);
       return await this.flushLocked();
     });
+  }
+
+  /** WAL of `t` from its compute only once this safekeeper's flushed WAL reached the term's start. */
+  private checkCaughtUp(t: Term): void {
+    if (lastTerm(historyUpTo(this.termHistory, this.flushLsn)) !== t) {
+      throw new StrataError(
+        "unavailable",
+        `${this.tenantId}/${this.timelineId} has not yet caught up to the start of term ${t} (history ${formatTermHistory(this.termHistory)}, flush ${formatLsn(this.flushLsn)})`,
+      );
+    }
+  }
+
+  /**
+   * Drops WAL at and after `at` durably. The control file's flush LSN hint
+   * (where WAL recovery starts) is moved to `at` first when it lies past it:
+   * otherwise a crash right after the truncation leaves a hint pointing at
+   * WAL that is gone, which recovery rejects. `at` is a record boundary, so
+   * decoding from there finds the old WAL if the truncation never happened
+   * and nothing if it did.
+   */
+  private async truncateLocked(at: Lsn): Promise<void> {
+    const wal = this.store.wal;
+    if (this.control.flushLsnHint > at) {
+      const hint = decoderStartAtOrAfter(at, wal.walSegSizeBytes);
+      await this.store.control.persist((s) => ({ ...s, flushLsnHint: hint }));
+    }
+    await wal.truncate(at);
+    this.scanned = undefined;
+    await this.refreshFlushRecordLsn();
   }
 
   private async writeLocked(startLsn: Lsn, bytes: Uint8Array): Promise<void> {
@@ -532,6 +612,7 @@ export class Timeline implements ConsensusTimeline {
     this.opts.metrics.fsyncSeconds.observe((performance.now() - t0) / 1000);
     this.opts.metrics.fsyncs.inc(this.labels);
     if (l !== before) {
+      await this.refreshFlushRecordLsn();
       this.events.emit("flush", l);
       if (this.opts.soloCommit) this.advanceSoloCommit();
       this.updateGauges();

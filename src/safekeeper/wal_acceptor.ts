@@ -384,6 +384,9 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
   let done = false;
 
   const sendStatus = (replyRequested = false) => {
+    // Once a newer term was promised (a vote), this compute's flush LSN is no longer its to
+    // count: WAL fsynced after the vote could be missing from the vote's position. Report nothing.
+    if (tl.term !== reg.term) return;
     const flush = tl.flushLsn;
     stream.sendStatusUpdate({ writeLsn: tl.writeLsn, flushLsn: flush, applyLsn: flush, replyRequested });
   };
