@@ -18,13 +18,12 @@ import { StrataError } from "../../lib/errors.js";
 import { formatLsn, lsnMax, lsnMin, type Lsn } from "../../lib/lsn.js";
 import { formatKey, type Key } from "../key.js";
 import type { IndexPageCache } from "./page_cache.js";
-import { formatLayerFileName, tryParseLayerFileName, type LayerDesc } from "./layer_name.js";
+import { formatLayerFileName, type LayerDesc } from "./layer_name.js";
 import {
-  deltaEntryKey, LayerFileReader, LayerFileWriter, readKey, type LayerFileSummary, type LeafEntry, type ReadWindow,
+  deltaEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, type LayerFileSummary, type LeafEntry, type ReadWindow,
 } from "./layer_file.js";
 import { formatKeyRange, formatLsnRange, keyRangeContains, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
 import { decodeValue, encodeValue, isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
-import { basename } from "node:path";
 
 export interface DeltaLayerWriterOptions {
   dir: string;
@@ -103,38 +102,13 @@ export interface EncodedEntry {
 }
 
 /** Reads a finished delta layer file. */
-export class DeltaLayerReader {
-  readonly desc: LayerDesc;
-
-  private constructor(private readonly file: LayerFileReader) {
-    const h = file.header;
-    const named = tryParseLayerFileName(basename(file.path));
-    this.desc = {
-      kind: "delta",
-      keyRange: h.keyRange,
-      lsnRange: h.lsnRange,
-      ...(named?.generation === undefined ? {} : { generation: named.generation }),
-    };
+export class DeltaLayerReader extends OpenedLayerFile {
+  private constructor(file: LayerFileReader) {
+    super(file);
   }
 
   static async open(path: string, opts: { cache?: IndexPageCache } = {}): Promise<DeltaLayerReader> {
     return new DeltaLayerReader(await LayerFileReader.open(path, "delta", opts));
-  }
-
-  get path(): string {
-    return this.file.path;
-  }
-
-  get entryCount(): number {
-    return this.file.header.entryCount;
-  }
-
-  get fileSizeBytes(): number {
-    return this.file.header.fileSizeBytes;
-  }
-
-  async close(): Promise<void> {
-    await this.file.close();
   }
 
   private decode(e: LeafEntry, bytes: Uint8Array): Value {

@@ -18,12 +18,11 @@ import { StrataError } from "../../lib/errors.js";
 import { formatLsn, LSN_MAX, type Lsn } from "../../lib/lsn.js";
 import { formatKey, type Key } from "../key.js";
 import type { IndexPageCache } from "./page_cache.js";
-import { formatLayerFileName, tryParseLayerFileName, type LayerDesc } from "./layer_name.js";
-import { imageEntryKey, LayerFileReader, LayerFileWriter, readKey, type ReadWindow } from "./layer_file.js";
+import { formatLayerFileName, type LayerDesc } from "./layer_name.js";
+import { imageEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, type ReadWindow } from "./layer_file.js";
 import { formatKeyRange, keyRangeContains, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
 import type { GetValuesOptions, ValueEntry } from "./value.js";
 import type { WrittenLayer } from "./delta_layer.js";
-import { basename } from "node:path";
 
 export interface ImageLayerWriterOptions {
   dir: string;
@@ -81,42 +80,17 @@ export class ImageLayerWriter {
 }
 
 /** Reads a finished image layer file. */
-export class ImageLayerReader {
-  readonly desc: LayerDesc;
-
-  private constructor(private readonly file: LayerFileReader) {
-    const h = file.header;
-    const named = tryParseLayerFileName(basename(file.path));
-    this.desc = {
-      kind: "image",
-      keyRange: h.keyRange,
-      lsnRange: h.lsnRange,
-      ...(named?.generation === undefined ? {} : { generation: named.generation }),
-    };
+export class ImageLayerReader extends OpenedLayerFile {
+  private constructor(file: LayerFileReader) {
+    super(file);
   }
 
   static async open(path: string, opts: { cache?: IndexPageCache } = {}): Promise<ImageLayerReader> {
     return new ImageLayerReader(await LayerFileReader.open(path, "image", opts));
   }
 
-  get path(): string {
-    return this.file.path;
-  }
-
   get lsn(): Lsn {
     return this.desc.lsnRange.start;
-  }
-
-  get entryCount(): number {
-    return this.file.header.entryCount;
-  }
-
-  get fileSizeBytes(): number {
-    return this.file.header.fileSizeBytes;
-  }
-
-  async close(): Promise<void> {
-    await this.file.close();
   }
 
   /** The image of `key`, or undefined if the key did not exist at this layer's LSN (or is outside its range). */

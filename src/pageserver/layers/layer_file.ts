@@ -40,14 +40,14 @@
  */
 import { readSync } from "node:fs";
 import { open, rename, unlink, type FileHandle } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { assert, StrataError } from "../../lib/errors.js";
 import { crc32c } from "../../formats/crc32c.js";
 import { lsn, type Lsn } from "../../lib/lsn.js";
 import type { Key } from "../key.js";
 import { allocateReaderId, type IndexPageCache, sharedIndexPageCache } from "./page_cache.js";
 import { decodeKeyRangeEnd, encodeKeyRangeEnd, formatKeyRange, formatLsnRange, type KeyRange, type LsnRange } from "./range.js";
-import { tempFileName } from "./layer_name.js";
+import { tempFileName, tryParseLayerFileName, type LayerDesc } from "./layer_name.js";
 
 export type LayerFileFormat = "delta" | "image";
 
@@ -759,4 +759,39 @@ export function deltaEntryKey(k: Key, l: Lsn, out: Buffer = Buffer.allocUnsafe(2
 export function imageEntryKey(k: Key, out: Buffer = Buffer.allocUnsafe(18)): Buffer {
   writeKey(out, 0, k);
   return out;
+}
+
+/**
+ * What the delta and image layer readers share: the descriptor (ranges from
+ * the verified header, generation from the file name), path, sizes and close.
+ */
+export abstract class OpenedLayerFile {
+  readonly desc: LayerDesc;
+
+  protected constructor(protected readonly file: LayerFileReader) {
+    const h = file.header;
+    const named = tryParseLayerFileName(basename(file.path));
+    this.desc = {
+      kind: h.format,
+      keyRange: h.keyRange,
+      lsnRange: h.lsnRange,
+      ...(named?.generation === undefined ? {} : { generation: named.generation }),
+    };
+  }
+
+  get path(): string {
+    return this.file.path;
+  }
+
+  get entryCount(): number {
+    return this.file.header.entryCount;
+  }
+
+  get fileSizeBytes(): number {
+    return this.file.header.fileSizeBytes;
+  }
+
+  async close(): Promise<void> {
+    await this.file.close();
+  }
 }
