@@ -36,8 +36,10 @@
  * point — use `flushRecordLsn`, the end of the last complete flushed record.
  * After a restart the flush LSN is always such a record end.
  *
- * Record boundaries: every written byte is also fed to a WalStreamDecoder,
- * which tells where complete records end. `recoveryStartLsn` is the start of
+ * Record boundaries: every written byte is also fed to a RecordBoundaryTracker
+ * (page headers and record lengths only, no CRC — the live path only needs
+ * bytes durable, as PostgreSQL's walreceiver does), which tells where
+ * complete records end. Recovery on open still decodes with CRC checks. `recoveryStartLsn` is the start of
  * the last complete record at or below the flush LSN (or a point where WAL
  * starts afresh); stored in the control file, it is where recovery starts.
  * Invalid WAL from upstream does not stop writes (storage stores bytes); the
@@ -70,6 +72,7 @@ import {
   XLOG_BLCKSZ,
   type Lsn,
 } from "../lib/lsn.js";
+import { RecordBoundaryTracker } from "../formats/wal/record_boundaries.js";
 import { WalStreamDecoder } from "../formats/wal/wal_stream_decoder.js";
 import { isValidWalSegSize, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD } from "../formats/wal/xlog_page.js";
 import { WalDecodeError } from "../formats/wal/xlog_record.js";
@@ -146,7 +149,7 @@ export class WalStorage {
   private finalsEnd: bigint;
   private partial: { segNo: bigint; file: DurableFile; dirty: boolean } | undefined;
 
-  private tracker: WalStreamDecoder | undefined;
+  private tracker: RecordBoundaryTracker | undefined;
   /** Last complete record written / flushed. */
   private lastWritten: RecordSpan | undefined;
   private lastFlushed: RecordSpan | undefined;
@@ -323,7 +326,7 @@ export class WalStorage {
       // Record tracking restarts at `at`; keep what is still below it.
       if (this.lastWritten !== undefined && this.lastWritten.endLsn > at) this.lastWritten = undefined;
       if (this.lastFlushed !== undefined && this.lastFlushed.endLsn > at) this.lastFlushed = undefined;
-      this.tracker = this.newTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
+      this.tracker = this.newBoundaryTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
       this.hint = this.lastFlushed?.lsn ?? this.tracker.startLsn;
     });
   }
@@ -548,8 +551,14 @@ export class WalStorage {
   // Record tracking
   // -------------------------------------------------------------------------
 
-  private newTracker(start: Lsn): WalStreamDecoder {
+  /** The validating decoder (CRC checks), used by crash recovery on open. */
+  private newDecoder(start: Lsn): WalStreamDecoder {
     return new WalStreamDecoder(start, { walSegSizeBytes: this.walSegSizeBytes, ...(this.systemId !== undefined ? { systemId: this.systemId } : {}) });
+  }
+
+  /** The live write path's tracker: boundaries only, no decoding or CRC (see record_boundaries.ts). */
+  private newBoundaryTracker(start: Lsn): RecordBoundaryTracker {
+    return new RecordBoundaryTracker(start, { walSegSizeBytes: this.walSegSizeBytes });
   }
 
   /** Feeds written bytes to the record tracker. */
@@ -557,21 +566,18 @@ export class WalStorage {
     if (this.tracker === undefined) {
       // After invalid WAL: resynchronize at the next segment start.
       if (segmentOffset(start, this.walSegSizeBytes) !== 0) return;
-      this.tracker = this.newTracker(start);
+      this.tracker = this.newBoundaryTracker(start);
     }
     const t = this.tracker;
     const feedFrom = t.feedLsn;
     const end = start + BigInt(bytes.length);
-    if (end <= feedFrom) return; // alignment padding or a switch's skipped tail, before the next record
+    if (end <= feedFrom) return;
     if (feedFrom < start) throw new Error(`assertion failed: record tracker expects ${formatLsn(feedFrom)} but write starts at ${formatLsn(start)}`);
-    // A copy: the decoder keeps views of what it is fed, and callers may reuse their buffers.
-    t.feed(bytes.slice(Number(feedFrom - start)));
-    try {
-      for (let r = t.next(); r !== undefined; r = t.next()) this.lastWritten = { lsn: r.lsn, endLsn: r.endLsn };
-    } catch (e) {
-      if (!(e instanceof WalDecodeError)) throw e;
-      this.tracker = undefined;
-    }
+    // No copy needed: the tracker keeps no views of what it is fed.
+    const before = t.recordCount;
+    t.feed(bytes.subarray(Number(feedFrom - start)));
+    if (t.recordCount !== before) this.lastWritten = t.lastRecord;
+    if (t.failure !== undefined) this.tracker = undefined;
   }
 
   // -------------------------------------------------------------------------
@@ -627,7 +633,7 @@ export class WalStorage {
     }
 
     // Decode from `start` through the final segments into the partial one.
-    let decoder = this.newTracker(start);
+    let decoder = this.newDecoder(start);
     let last: RecordSpan | undefined;
     let next: Lsn = start;
     let records = 0;
@@ -641,7 +647,7 @@ export class WalStorage {
       const segStartLsn = segmentStart(seg, this.walSegSizeBytes);
       if (isPartial && decoder.failure !== undefined) {
         // Invalid WAL inside trusted final segments: decode the partial segment on its own.
-        decoder = this.newTracker(segStartLsn);
+        decoder = this.newDecoder(segStartLsn);
       }
       if (decoder.failure !== undefined) continue;
       const from = decoder.feedLsn > segStartLsn ? Number(decoder.feedLsn - segStartLsn) : 0;
@@ -697,7 +703,7 @@ export class WalStorage {
     this.lastFlushed = last;
     this.hint = last?.lsn ?? start;
     const trackFrom = last !== undefined ? next : start;
-    this.tracker = this.newTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
+    this.tracker = this.newBoundaryTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
     if (this.tracker.startLsn < end) {
       const between = await this.read(this.tracker.startLsn, Number(end - this.tracker.startLsn));
       this.track(this.tracker.startLsn, between);
