@@ -36,7 +36,7 @@ import { StrataError } from "../lib/errors.js";
 import type { TenantId, TimelineId } from "../lib/id.js";
 import { errorFields, silentLogger } from "../lib/logging.js";
 import { createRegistry, type Registry } from "../lib/metrics.js";
-import { TaskManager } from "../lib/tasks.js";
+import { sleep, TaskManager } from "../lib/tasks.js";
 import type { SafekeeperConfig } from "./config.js";
 import type { DurableFS } from "./durable_fs.js";
 import { InlineIoFS } from "./inline_fs.js";
@@ -69,6 +69,9 @@ export interface SafekeeperOptions {
   fs?: DurableFS;
   extensions?: readonly SafekeeperExtension[];
 }
+
+/** How often old WAL segments are looked for; removal is cheap and nothing waits for it. */
+export const WAL_RETENTION_INTERVAL_MS = 10_000;
 
 function key(tenantId: string, timelineId: string): string {
   return `${tenantId}/${timelineId}`;
@@ -121,6 +124,7 @@ export class Safekeeper {
       await sk.http.listen({ host: sk.config.listenHost, port: sk.config.httpPort });
       for (const tl of sk.timelines.values()) sk.startAcceptor(tl);
       for (const ext of sk.extensions) await ext.start?.(sk);
+      sk.tasks.spawn("other", { name: "wal_retention" }, (signal) => sk.retentionLoop(signal));
       sk.log.info({ pg_port: sk.pgPort, http_port: sk.httpPort, timelines: sk.timelines.size, data_dir: sk.config.dataDir }, "safekeeper started");
       return sk;
     } catch (e) {
@@ -273,6 +277,20 @@ export class Safekeeper {
 
   private checkRunning(): void {
     if (this.stopping) throw new StrataError("unavailable", `Safekeeper ${this.config.id} is shutting down`);
+  }
+
+  /**
+   * WAL retention: every WAL_RETENTION_INTERVAL_MS, remove each timeline's
+   * segments below its retention horizon (Timeline.retentionHorizonLsn). A
+   * failure is logged and retried on the next round; it never stops serving.
+   */
+  private async retentionLoop(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await sleep(WAL_RETENTION_INTERVAL_MS, signal);
+      for (const tl of this.timelines.values()) {
+        await tl.removeOldWal().catch((e: unknown) => this.log.warn({ tenant_id: tl.tenantId, timeline_id: tl.timelineId, ...errorFields(e) }, "WAL retention failed"));
+      }
+    }
   }
 
   /** Graceful stop: extensions, listeners, tasks, then timelines (progress stored). Idempotent. */

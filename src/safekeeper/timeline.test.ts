@@ -173,3 +173,38 @@ test("truncation: exact flush record LSN after a cut (and after reopen); a compu
     assert.equal(v.snapshot.flushRecordLsn, ends[27]);
   });
 });
+
+test("WAL retention removes only segments below the persisted remote-consistent LSN, commit_lsn and peers' flush LSNs", async () => {
+  await withTimeline(true, async (tl, _opts, reopen) => {
+    // ~2.6 MiB of records over 1 MiB segments: segments 2, 3 and 4 (partial).
+    const { bytes, ends } = makeWal(1800);
+    await tl.registerCompute({ connstr: "host=a", term: term(1), startLsn: undefined });
+    await tl.beginComputeTerm(term(1), undefined);
+    await tl.appendWalFromCompute(term(1), START, bytes);
+    await tl.flush();
+    const end = ends.at(-1)!;
+    assert.ok(end > segmentStart(4n, SEG), "the WAL reaches the third segment");
+    assert.equal(tl.retentionHorizonLsn(), START, "nothing reported by a pageserver: keep everything");
+    assert.equal(await tl.removeOldWal(), 0);
+
+    // Feedback counts only once persisted; a peer behind it holds WAL back.
+    const rc = lsn(segmentStart(4n, SEG) + 100n);
+    tl.recordPageserverFeedback({ lastReceivedLsn: end, diskConsistentLsn: end, remoteConsistentLsn: rc });
+    await tl.persistProgressNow();
+    tl.setPeerFlushLsns(new Map([["2", lsn(segmentStart(3n, SEG) + 5n)]]));
+    assert.equal(tl.retentionHorizonLsn(), segmentStart(3n, SEG) + 5n);
+    assert.equal(await tl.removeOldWal(), 1, "only segment 2 ends below the lagging peer");
+    await assert.rejects(tl.readWal(START, 100, end), (e: Error & { code?: string }) => e.code === "not_found");
+
+    tl.setPeerFlushLsns(new Map([["2", end]]));
+    assert.equal(tl.retentionHorizonLsn(), rc);
+    assert.equal(await tl.removeOldWal(), 1, "segment 3 ends below the remote-consistent LSN");
+    const kept = await tl.readWal(segmentStart(4n, SEG), 100, end);
+    assert.deepEqual(kept, bytes.subarray(Number(segmentStart(4n, SEG) - START), Number(segmentStart(4n, SEG) - START) + 100));
+
+    // The horizon survives a restart (it is the persisted LSN) and removes nothing more.
+    tl = await reopen();
+    assert.equal(tl.retentionHorizonLsn() >= segmentStart(4n, SEG), true);
+    assert.equal(await tl.removeOldWal(), 0);
+  });
+});

@@ -522,6 +522,32 @@ export class Timeline implements ConsensusTimeline {
     this.peerFlush = new Map(peers);
   }
 
+  /**
+   * WAL retention: the LSN below which whole segments may be removed. It is
+   * the *persisted* remote-consistent LSN (the pageserver reported that WAL's
+   * effect durable in remote storage, and we stored that report), capped by
+   * commit_lsn and by every known peer's flush LSN (a lagging peer may still
+   * catch up from us). When WAL offload to remote storage exists (issue 7)
+   * its backup LSN joins the minimum; until then a timeline whose pageserver
+   * reports nothing keeps all its WAL.
+   */
+  retentionHorizonLsn(): Lsn {
+    let h = this.store.control.state.remoteConsistentLsn;
+    if (this.commit < h) h = this.commit;
+    for (const f of this.peerFlush.values()) if (f < h) h = f;
+    return h;
+  }
+
+  /** Removes the WAL segments that end at or below the retention horizon; returns how many. */
+  removeOldWal(): Promise<number> {
+    return this.mutex.run(async () => {
+      if (this.closed) return 0;
+      const removed = await this.store.wal.removeSegmentsBefore(this.retentionHorizonLsn());
+      if (removed > 0) this.log.info({ removed, horizon: formatLsn(this.retentionHorizonLsn()) }, "removed WAL segments below the retention horizon");
+      return removed;
+    });
+  }
+
   /** Advances commit_lsn (never lowers it) and wakes WAL senders. */
   setCommitLsn(l: Lsn): void {
     if (l <= this.commit) return;
