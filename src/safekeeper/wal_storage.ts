@@ -36,10 +36,8 @@
  * point — use `flushRecordLsn`, the end of the last complete flushed record.
  * After a restart the flush LSN is always such a record end.
  *
- * Record boundaries: every written byte is also fed to a RecordBoundaryTracker
- * (page headers and record lengths only, no CRC — the live path only needs
- * bytes durable, as PostgreSQL's walreceiver does), which tells where
- * complete records end. Recovery on open still decodes with CRC checks. `recoveryStartLsn` is the start of
+ * Record boundaries: every written byte is also fed to a WalStreamDecoder,
+ * which tells where complete records end. `recoveryStartLsn` is the start of
  * the last complete record at or below the flush LSN (or a point where WAL
  * starts afresh); stored in the control file, it is where recovery starts.
  * Invalid WAL from upstream does not stop writes (storage stores bytes); the
@@ -72,7 +70,6 @@ import {
   XLOG_BLCKSZ,
   type Lsn,
 } from "../lib/lsn.js";
-import { RecordBoundaryTracker } from "../formats/wal/record_boundaries.js";
 import { WalStreamDecoder } from "../formats/wal/wal_stream_decoder.js";
 import { isValidWalSegSize, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD } from "../formats/wal/xlog_page.js";
 import { WalDecodeError } from "../formats/wal/xlog_record.js";
@@ -149,7 +146,7 @@ export class WalStorage {
   private finalsEnd: bigint;
   private partial: { segNo: bigint; file: DurableFile; dirty: boolean } | undefined;
 
-  private tracker: RecordBoundaryTracker | undefined;
+  private tracker: WalStreamDecoder | undefined;
   /** Last complete record written / flushed. */
   private lastWritten: RecordSpan | undefined;
   private lastFlushed: RecordSpan | undefined;
@@ -326,7 +323,7 @@ export class WalStorage {
       // Record tracking restarts at `at`; keep what is still below it.
       if (this.lastWritten !== undefined && this.lastWritten.endLsn > at) this.lastWritten = undefined;
       if (this.lastFlushed !== undefined && this.lastFlushed.endLsn > at) this.lastFlushed = undefined;
-      this.tracker = this.newBoundaryTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
+      this.tracker = this.newTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
       this.hint = this.lastFlushed?.lsn ?? this.tracker.startLsn;
     });
   }
@@ -551,14 +548,8 @@ export class WalStorage {
   // Record tracking
   // -------------------------------------------------------------------------
 
-  /** The validating decoder (CRC checks), used by crash recovery on open. */
-  private newDecoder(start: Lsn): WalStreamDecoder {
+  private newTracker(start: Lsn): WalStreamDecoder {
     return new WalStreamDecoder(start, { walSegSizeBytes: this.walSegSizeBytes, ...(this.systemId !== undefined ? { systemId: this.systemId } : {}) });
-  }
-
-  /** The live write path's tracker: boundaries only, no decoding or CRC (see record_boundaries.ts). */
-  private newBoundaryTracker(start: Lsn): RecordBoundaryTracker {
-    return new RecordBoundaryTracker(start, { walSegSizeBytes: this.walSegSizeBytes });
   }
 
   /** Feeds written bytes to the record tracker. */
@@ -566,18 +557,21 @@ export class WalStorage {
     if (this.tracker === undefined) {
       // After invalid WAL: resynchronize at the next segment start.
       if (segmentOffset(start, this.walSegSizeBytes) !== 0) return;
-      this.tracker = this.newBoundaryTracker(start);
+      this.tracker = this.newTracker(start);
     }
     const t = this.tracker;
     const feedFrom = t.feedLsn;
     const end = start + BigInt(bytes.length);
-    if (end <= feedFrom) return;
+    if (end <= feedFrom) return; // alignment padding or a switch's skipped tail, before the next record
     if (feedFrom < start) throw new Error(`assertion failed: record tracker expects ${formatLsn(feedFrom)} but write starts at ${formatLsn(start)}`);
-    // No copy needed: the tracker keeps no views of what it is fed.
-    const before = t.recordCount;
-    t.feed(bytes.subarray(Number(feedFrom - start)));
-    if (t.recordCount !== before) this.lastWritten = t.lastRecord;
-    if (t.failure !== undefined) this.tracker = undefined;
+    // A copy: the decoder keeps views of what it is fed, and callers may reuse their buffers.
+    t.feed(bytes.slice(Number(feedFrom - start)));
+    try {
+      for (let r = t.next(); r !== undefined; r = t.next()) this.lastWritten = { lsn: r.lsn, endLsn: r.endLsn };
+    } catch (e) {
+      if (!(e instanceof WalDecodeError)) throw e;
+      this.tracker = undefined;
+    }
   }
 
   // -------------------------------------------------------------------------
@@ -633,7 +627,7 @@ export class WalStorage {
     }
 
     // Decode from `start` through the final segments into the partial one.
-    let decoder = this.newDecoder(start);
+    let decoder = this.newTracker(start);
     let last: RecordSpan | undefined;
     let next: Lsn = start;
     let records = 0;
@@ -647,7 +641,7 @@ export class WalStorage {
       const segStartLsn = segmentStart(seg, this.walSegSizeBytes);
       if (isPartial && decoder.failure !== undefined) {
         // Invalid WAL inside trusted final segments: decode the partial segment on its own.
-        decoder = this.newDecoder(segStartLsn);
+        decoder = this.newTracker(segStartLsn);
       }
       if (decoder.failure !== undefined) continue;
       const from = decoder.feedLsn > segStartLsn ? Number(decoder.feedLsn - segStartLsn) : 0;
@@ -703,7 +697,7 @@ export class WalStorage {
     this.lastFlushed = last;
     this.hint = last?.lsn ?? start;
     const trackFrom = last !== undefined ? next : start;
-    this.tracker = this.newBoundaryTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
+    this.tracker = this.newTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
     if (this.tracker.startLsn < end) {
       const between = await this.read(this.tracker.startLsn, Number(end - this.tracker.startLsn));
       this.track(this.tracker.startLsn, between);
