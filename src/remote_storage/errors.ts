@@ -233,3 +233,18 @@ export function isNetworkError(err: unknown): boolean {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/**
+ * `exists` for every backend: a `head` that fails with not_found means "no";
+ * any other failure (timeout, network, permission) is reported, never
+ * mistaken for absence.
+ */
+export async function existsViaHead(head: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await head();
+    return true;
+  } catch (err) {
+    if (err instanceof StrataError && err.code === "not_found") return false;
+    throw err;
+  }
+}

@@ -34,7 +34,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHand
 import { dirname, join, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Writable } from "node:stream";
-import { DEFAULT_REMOTE_TIMEOUT_MS, OpScope, invalidArgument, ioError, notFound, raceAbort, type RemoteOpOptions, type RemoteStorageError } from "./errors.js";
+import { DEFAULT_REMOTE_TIMEOUT_MS, OpScope, invalidArgument, ioError, notFound, raceAbort, existsViaHead, type RemoteOpOptions, type RemoteStorageError } from "./errors.js";
 import { compareKeys, type RemotePath, type RemotePrefix } from "./remote_path.js";
 import {
   MAX_LIST_PAGE_SIZE,
@@ -230,14 +230,8 @@ export class LocalFsStorage implements RemoteStorage {
     });
   }
 
-  async exists(path: RemotePath, opts?: RemoteOpOptions): Promise<boolean> {
-    try {
-      await this.head(path, opts);
-      return true;
-    } catch (err) {
-      if (err instanceof Error && (err as RemoteStorageError).code === "not_found") return false;
-      throw err;
-    }
+  exists(path: RemotePath, opts?: RemoteOpOptions): Promise<boolean> {
+    return existsViaHead(() => this.head(path, opts));
   }
 
   async delete(path: RemotePath, opts?: RemoteOpOptions): Promise<void> {

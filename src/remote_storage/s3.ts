@@ -41,7 +41,7 @@ import {
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { Transform, type Readable } from "node:stream";
-import { DEFAULT_REMOTE_TIMEOUT_MS, OpScope, errorMessage, invalidArgument, ioError, isNetworkError, notFound, type RemoteOpOptions, type RemoteStorageError } from "./errors.js";
+import { DEFAULT_REMOTE_TIMEOUT_MS, OpScope, errorMessage, invalidArgument, ioError, isNetworkError, notFound, existsViaHead, type RemoteOpOptions, type RemoteStorageError } from "./errors.js";
 import { normalizeRootPrefix, type RemotePath, type RemotePrefix } from "./remote_path.js";
 import {
   MAX_LIST_PAGE_SIZE,
@@ -296,14 +296,8 @@ export class S3Storage implements RemoteStorage {
     });
   }
 
-  async exists(path: RemotePath, opts?: RemoteOpOptions): Promise<boolean> {
-    try {
-      await this.head(path, opts);
-      return true;
-    } catch (err) {
-      if ((err as RemoteStorageError).code === "not_found") return false;
-      throw err;
-    }
+  exists(path: RemotePath, opts?: RemoteOpOptions): Promise<boolean> {
+    return existsViaHead(() => this.head(path, opts));
   }
 
   async delete(path: RemotePath, opts?: RemoteOpOptions): Promise<void> {
