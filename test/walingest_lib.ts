@@ -277,11 +277,35 @@ export async function ingestAndCompare(label: string, store: Store, fx: Fixture,
   const tIngest = Date.now();
   const ingestMs = tIngest - tStart;
 
-  // compare with the server's files
+  const summary = await compareWithServer(store, fx, endLsn);
+  assert.deepEqual(ingest.ingestCounters, summary.counters);
+  if (expect.multixacts) assert.ok(summary.counters.nextMulti > 1, "the workload created multixacts");
+  console.log(
+    `walingest (${label}): ${records} records, ${(Number(walBytes) / 1048576).toFixed(1)} MiB WAL from ${formatLsn(importLsn)} to ${formatLsn(endLsn)}; ` +
+      `ingest ${ingestMs} ms (${(Number(walBytes) / 1048576 / (ingestMs / 1000)).toFixed(1)} MiB/s incl. import); stats ${JSON.stringify(ingest.stats)}; ${summary.text}`,
+  );
+}
+
+/** What compareWithServer checked. */
+export interface CompareSummary {
+  /** pg_control's final checkpoint counters (equal to the store's checkpoint value). */
+  counters: { nextFullXid: bigint; nextOid: number; nextMulti: number; nextMultiOffset: number };
+  forks: number;
+  pages: number;
+  slruPages: number;
+  text: string;
+}
+
+/**
+ * Compares `store` read at `at` with the stopped server's files (fx.dataDir): database and relation
+ * directories, relation sizes, every page of every main, VM and init fork (masked as
+ * wal_consistency_checking does), SLRU segments, relmapper files, two-phase files, counters.
+ */
+export async function compareWithServer(store: DatadirReader, fx: Fixture, at: Lsn): Promise<CompareSummary> {
+  const ctx = requestContext("other", new AbortController().signal);
+  const tIngest = Date.now();
   const finalCf = parseControlFile(new Uint8Array(await readFile(join(fx.dataDir, "global", "pg_control"))));
-  assert.equal(recordVersionLsn({ endLsn: endLsn }), endLsn);
   const disk = await relationFiles(fx.dataDir);
-  const at = endLsn;
 
   // database directory
   const dbDir = decodeDbDir((await store.get(DBDIR_KEY, at, ctx))!);
@@ -436,14 +460,14 @@ export async function ingestAndCompare(label: string, store: Store, fx: Fixture,
   assert.equal(cp.nextOid, want.nextOid, "nextOid");
   assert.equal(cp.nextMulti, want.nextMulti, "nextMulti");
   assert.equal(cp.nextMultiOffset, want.nextMultiOffset, "nextMultiOffset");
-  assert.deepEqual(ingest.ingestCounters, { nextFullXid: want.nextXid, nextOid: want.nextOid, nextMulti: want.nextMulti, nextMultiOffset: want.nextMultiOffset });
-  if (expect.multixacts) assert.ok(want.nextMulti > 1, "the workload created multixacts");
 
-  console.log(
-    `walingest (${label}): ${records} records, ${(Number(walBytes) / 1048576).toFixed(1)} MiB WAL from ${formatLsn(importLsn)} to ${formatLsn(endLsn)}; ` +
-      `ingest ${ingestMs} ms (${(Number(walBytes) / 1048576 / (ingestMs / 1000)).toFixed(1)} MiB/s incl. import); ` +
-      `stats ${JSON.stringify(ingest.stats)}; ${forksChecked} forks, ${pages} pages compared (${identical} identical, ${zeroOnBoth} zero), ` +
+  return {
+    counters: { nextFullXid: want.nextXid, nextOid: want.nextOid, nextMulti: want.nextMulti, nextMultiOffset: want.nextMultiOffset },
+    forks: forksChecked,
+    pages,
+    slruPages,
+    text:
+      `${forksChecked} forks, ${pages} pages compared (${identical} identical, ${zeroOnBoth} zero), ` +
       `${sequencesLoggedAhead} sequences logged ahead, ${vmBitsLostByWalLog} VM pages with bits lost by CREATE DATABASE WAL_LOG, ${trailingZeroPages} unlogged zero pages at heap ends, ${slruPages} SLRU pages; compare ${Date.now() - tIngest} ms`,
-  );
+  };
 }
-

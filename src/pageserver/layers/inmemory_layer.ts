@@ -20,9 +20,14 @@
  * Writes are synchronous (`writeSync` into the OS page cache, one call per
  * filled write buffer): `put` then needs no promise per record, ingest order
  * is trivially the file order, and a buffer flush costs tens of microseconds.
- * Reads are synchronous positioned reads too (why: layer_file.ts); flushing
- * to a delta layer fetches each value with one, while the delta writer's
- * awaits on its 1 MiB output writes yield to the event loop regularly.
+ * Reads are synchronous positioned reads too (why: layer_file.ts). Flushing
+ * to a delta layer visits values in key order, i.e. in random file order:
+ * one pread per value cost a third of ingest time (~5 µs each), so a flush
+ * reads the whole ephemeral file into memory once when it is at most
+ * FLUSH_READ_WHOLE_MAX_BYTES (the default checkpoint distance is well below
+ * it: the peak is one layer's worth of memory during its flush) and falls
+ * back to one pread per value above that. The delta writer's awaits on its
+ * 1 MiB output writes yield to the event loop regularly.
  *
  * Invariants: LSNs of puts never decrease; (key, LSN) is unique; every LSN is
  * in [startLsn, endLsn) once frozen. A value is entirely in the file or
@@ -41,6 +46,13 @@ import { decodeValue, encodeValue, isBase, type GetValuesOptions, type Value, ty
 
 /** Write buffer: 256 KiB amortizes syscalls over ~30 page images or thousands of small records. */
 export const DEFAULT_INMEMORY_WRITE_BUFFER_BYTES = 256 * 1024;
+/**
+ * Largest ephemeral file a flush reads whole instead of value by value: twice
+ * the default checkpoint distance (256 MiB), so default layers always take the
+ * fast path while an operator's huge checkpoint distance cannot make a flush
+ * allocate without bound.
+ */
+export const FLUSH_READ_WHOLE_MAX_BYTES = 512 * 1024 * 1024;
 /** Rough heap cost of one index triple (three doubles); part of the size estimate. */
 const INDEX_BYTES_PER_ENTRY = 24;
 /** Rough heap cost of one distinct key (map entry, bigint, array header). */
@@ -206,6 +218,7 @@ export class InMemoryLayer {
     });
     try {
       const keys = [...this.index.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      const whole = this.fileLen <= FLUSH_READ_WHOLE_MAX_BYTES ? this.readValueSync(0, this.fileLen, Buffer.allocUnsafe(this.fileLen)) : undefined;
       let scratch = Buffer.allocUnsafe(8192);
       for (const key of keys) {
         if (opts.signal?.aborted === true) {
@@ -213,9 +226,15 @@ export class InMemoryLayer {
         }
         const triples = this.index.get(key)!;
         for (let i = 0; i < triples.length; i += 3) {
+          const offset = triples[i + 1]!;
           const len = triples[i + 2]!;
-          if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
-          const bytes = this.readValueSync(triples[i + 1]!, len, scratch);
+          let bytes: Buffer;
+          if (whole !== undefined) {
+            bytes = whole.subarray(offset, offset + len);
+          } else {
+            if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
+            bytes = this.readValueSync(offset, len, scratch);
+          }
           await writer.putEncoded(key, (this.startLsn + BigInt(triples[i]!)) as Lsn, bytes);
         }
       }

@@ -1,0 +1,193 @@
+/**
+ * Ingest benchmark of issue 5: the WAL rate the pageserver sustains on a
+ * pgbench-generated WAL stream, next to the replay rate of an unmodified
+ * PostgreSQL 15 hot standby fed the same WAL, in the same run.
+ *
+ *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1]
+ *
+ * Set-up: a primary is initdb'd and stopped cleanly; a copy of that data
+ * directory is the common starting point of both contenders (the pageserver
+ * imports it at the end of the shutdown checkpoint; the standby starts from
+ * it). The primary then runs `pgbench -i -s <scale>` and `pgbench -c 4 -t …`
+ * and is stopped; its pg_wal holds the WAL both must apply.
+ *
+ *   - standby: the base copy with standby.signal, hot_standby = on, the WAL
+ *     segments placed in its pg_wal (recovery reads them from there, no
+ *     restore_command process per segment). Timed from `pg_ctl start` until
+ *     pg_last_wal_replay_lsn() reaches the primary's final shutdown
+ *     checkpoint; the start-up cost is part of it (it is small next to the
+ *     replay and the pageserver's time also includes opening the timeline).
+ *   - pageserver: a timeline importing the base copy, then timed: read the
+ *     segment files, decode (WalStreamDecoder), ingest every record
+ *     (WalIngest), and flush everything to layer files (checkpoint) — the
+ *     pageserver's equivalent of having applied the WAL durably.
+ *
+ * The contenders run one after the other, never concurrently (two cores).
+ * Prints MB/s for both and the ratio pageserver / standby (goal >= 1.0).
+ * Both sides run with the harness's fsync = off for PostgreSQL; the
+ * pageserver fsyncs its layer files as in production, so the ratio is if
+ * anything unfavourable to the pageserver.
+ */
+import { cp, readFile, readdir, rm, writeFile, appendFile } from "node:fs/promises";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { parseControlFile } from "../src/formats/pg_control.js";
+import { WalStreamDecoder } from "../src/formats/wal/wal_stream_decoder.js";
+import type { DecodedRecord } from "../src/formats/wal/decoded_record.js";
+import { generateTenantId, generateTimelineId } from "../src/lib/id.js";
+import { formatLsn, lsnAlign, parseLsn, segmentNumber, segmentOffset, walFileName, type Lsn } from "../src/lib/lsn.js";
+import { createLogger } from "../src/lib/logging.js";
+import { createRegistry } from "../src/lib/metrics.js";
+import { defaultPageserverConfig } from "../src/pageserver/config.js";
+import { internalContext } from "../src/pageserver/getpage.js";
+import { importDatadir } from "../src/pageserver/import_datadir.js";
+import { Pageserver } from "../src/pageserver/pageserver.js";
+import { WalIngest } from "../src/pageserver/walingest.js";
+import { PgClient } from "../src/wire/client.js";
+import { PgServer, startPostgres } from "../test/harness/pg_server.js";
+import { freePort } from "../test/harness/ports.js";
+import { makeTempDir, pgUser, runProgram } from "../test/harness/tools.js";
+import { readWal } from "../test/pageserver_support.js";
+
+function flag(name: string, dflt: number): number {
+  const args = process.argv.slice(2);
+  const i = args.indexOf(`--${name}`);
+  if (i < 0) return dflt;
+  const v = Number(args[i + 1]);
+  if (!Number.isFinite(v) || v <= 0) throw new Error(`--${name} needs a positive number, got ${args[i + 1]}`);
+  return v;
+}
+
+const scale = flag("scale", 10);
+const transactions = flag("transactions", 20_000);
+const rounds = flag("rounds", 1);
+/** Poll interval of the standby's replay position: small next to a replay of seconds. */
+const REPLAY_POLL_MS = 20;
+/** Bound on one standby replay. */
+const REPLAY_TIMEOUT_MS = 600_000;
+
+async function copyAsIs(from: string, to: string): Promise<void> {
+  // cp -a keeps the owner (the PostgreSQL user when we run as root) and modes.
+  const r = await runProgram("/bin/cp", ["-a", from, to]);
+  if (r.code !== 0) throw new Error(`cp -a ${from} ${to} failed: ${r.stderr}`);
+}
+
+async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Promise<number> {
+  const dir = await makeTempDir("standby");
+  const dataDir = join(dir, "data");
+  await copyAsIs(baseDir, dataDir);
+  for (const name of await readdir(walDir)) {
+    if (/^[0-9A-F]{24}$/.test(name)) await copyAsIs(join(walDir, name), join(dataDir, "pg_wal", name));
+  }
+  await writeFile(join(dataDir, "standby.signal"), "");
+  await appendFile(join(dataDir, "postgresql.conf"), "\n# bench: standby replaying pg_wal\nhot_standby = on\nprimary_conninfo = ''\nrestore_command = ''\n");
+  const user = pgUser();
+  if (user) await runProgram("/bin/chown", ["-R", `${user.uid}:${user.gid}`, dataDir]);
+  const standby = new PgServer(dir, dataDir, await freePort());
+  try {
+    const t0 = performance.now();
+    await standby.start();
+    // One connection for the polling (a psql process per poll would compete for the two cores).
+    const client = await PgClient.connect({ host: standby.host, port: standby.port, user: "postgres" });
+    try {
+      const deadline = Date.now() + REPLAY_TIMEOUT_MS;
+      for (;;) {
+        const [res] = await client.simpleQuery("SELECT pg_last_wal_replay_lsn()");
+        const replayed = parseLsn(res!.rows[0]![0]!);
+        if (replayed >= endLsn) break;
+        if (Date.now() > deadline) throw new Error(`standby replay stuck at ${formatLsn(replayed)}, want ${formatLsn(endLsn)}`);
+        await new Promise((r) => setTimeout(r, REPLAY_POLL_MS));
+      }
+      return performance.now() - t0;
+    } finally {
+      await client.close();
+    }
+  } finally {
+    await standby.destroy();
+  }
+}
+
+async function pageserverIngest(baseDir: string, walDir: string, importLsn: Lsn, endLsn: Lsn): Promise<{ ms: number; records: number; layers: number }> {
+  const dataDir = await makeTempDir("psingest");
+  const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0 };
+  const ps = await Pageserver.start({ config, log: createLogger({ component: "bench", level: "warn" }), registry: createRegistry({ defaultMetrics: false }) });
+  try {
+    const tenant = await ps.tenants.createTenant(generateTenantId());
+    const tl = await tenant.createTimeline(generateTimelineId());
+    await importDatadir(baseDir, importLsn, tl);
+    const ctx = internalContext();
+    const t0 = performance.now();
+    const ingest = new WalIngest(tl, tl, { startLsn: tl.lastRecordLsn });
+    const decoder = new WalStreamDecoder(importLsn);
+    let records = 0;
+    let seg = segmentNumber(importLsn);
+    let offset = segmentOffset(importLsn);
+    const names = new Set(await readdir(walDir));
+    outer: for (;;) {
+      const name = walFileName(1, seg);
+      if (!names.has(name)) break;
+      decoder.feed((await readFile(join(walDir, name))).subarray(offset));
+      for (;;) {
+        let r: DecodedRecord | undefined;
+        try {
+          r = decoder.next();
+        } catch (e) {
+          if ((e as { endOfWal?: boolean }).endOfWal === true) break outer;
+          throw e;
+        }
+        if (r === undefined) break;
+        if (r.lsn > endLsn) break outer;
+        await ingest.ingestRecord(r, ctx);
+        records++;
+      }
+      seg++;
+      offset = 0;
+    }
+    await tl.checkpoint();
+    const ms = performance.now() - t0;
+    if (tl.lastRecordLsn <= endLsn) throw new Error(`pageserver ingested up to ${formatLsn(tl.lastRecordLsn)}, want past ${formatLsn(endLsn)}`);
+    return { ms, records, layers: tl.layerInfos().length };
+  } finally {
+    await ps.stop();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const pg = await startPostgres({ settings: { max_wal_size: "8GB", checkpoint_timeout: "1h", wal_keep_size: "8GB", autovacuum: false } });
+  const work = await makeTempDir("ingestbench");
+  try {
+    await pg.stop("fast");
+    const cf = parseControlFile(new Uint8Array(await readFile(join(pg.dataDir, "global", "pg_control"))));
+    const first = await readWal(pg.walDir, cf.checkPoint, (cf.checkPoint + 1n) as Lsn, 1);
+    const importLsn = lsnAlign(first[0]!.endLsn, 8);
+    const base = join(work, "base");
+    await copyAsIs(pg.dataDir, base);
+    await pg.start();
+    const tg = performance.now();
+    await pg.pgbench(["-i", "-s", String(scale), "-q"], { timeoutMs: 1_800_000 });
+    await pg.pgbench(["-c", "4", "-j", "2", "-t", String(Math.ceil(transactions / 4)), "-n"], { timeoutMs: 1_800_000 });
+    await pg.stop("fast");
+    const cf2 = parseControlFile(new Uint8Array(await readFile(join(pg.dataDir, "global", "pg_control"))));
+    const endLsn = cf2.checkPoint;
+    const walMb = Number(endLsn - importLsn) / 1e6;
+    console.log(`workload: pgbench -s ${scale}, ${transactions} transactions: ${walMb.toFixed(1)} MB of WAL (${formatLsn(importLsn)}..${formatLsn(endLsn)}), generated in ${((performance.now() - tg) / 1000).toFixed(1)} s`);
+    const walCopy = join(work, "wal");
+    await cp(pg.walDir, walCopy, { recursive: true });
+
+    for (let round = 1; round <= rounds; round++) {
+      const sbMs = await standbyReplay(base, walCopy, endLsn);
+      const sbRate = walMb / (sbMs / 1000);
+      console.log(`round ${round}: hot standby replay: ${(sbMs / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included)`);
+      const ps = await pageserverIngest(base, walCopy, importLsn, endLsn);
+      const psRate = walMb / (ps.ms / 1000);
+      console.log(`round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ${ps.layers} layer files (read + decode + ingest + flush)`);
+      console.log(`round ${round}: ratio pageserver / standby = ${(psRate / sbRate).toFixed(2)} (goal >= 1.0)`);
+    }
+  } finally {
+    await pg.destroy();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();
