@@ -3,7 +3,9 @@
  * pgbench-generated WAL stream, next to the replay rate of an unmodified
  * PostgreSQL 15 hot standby fed the same WAL, in the same run.
  *
- *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1]
+ *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--only pageserver|standby]
+ *
+ * (`--only` runs one contender, e.g. under `node --cpu-prof`.)
  *
  * Set-up: a primary is initdb'd and stopped cleanly; a copy of that data
  * directory is the common starting point of both contenders (the pageserver
@@ -61,6 +63,9 @@ function flag(name: string, dflt: number): number {
 const scale = flag("scale", 10);
 const transactions = flag("transactions", 20_000);
 const rounds = flag("rounds", 1);
+const onlyIdx = process.argv.indexOf("--only");
+const only = onlyIdx >= 0 ? process.argv[onlyIdx + 1] : undefined;
+if (only !== undefined && only !== "pageserver" && only !== "standby") throw new Error(`--only takes pageserver or standby, got ${only}`);
 /** Poll interval of the standby's replay position: small next to a replay of seconds. */
 const REPLAY_POLL_MS = 20;
 /** Bound on one standby replay. */
@@ -176,13 +181,19 @@ async function main(): Promise<void> {
     await cp(pg.walDir, walCopy, { recursive: true });
 
     for (let round = 1; round <= rounds; round++) {
-      const sbMs = await standbyReplay(base, walCopy, endLsn);
-      const sbRate = walMb / (sbMs / 1000);
-      console.log(`round ${round}: hot standby replay: ${(sbMs / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included)`);
-      const ps = await pageserverIngest(base, walCopy, importLsn, endLsn);
-      const psRate = walMb / (ps.ms / 1000);
-      console.log(`round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ${ps.layers} layer files (read + decode + ingest + flush)`);
-      console.log(`round ${round}: ratio pageserver / standby = ${(psRate / sbRate).toFixed(2)} (goal >= 1.0)`);
+      let sbRate: number | undefined;
+      let psRate: number | undefined;
+      if (only !== "pageserver") {
+        const sbMs = await standbyReplay(base, walCopy, endLsn);
+        sbRate = walMb / (sbMs / 1000);
+        console.log(`round ${round}: hot standby replay: ${(sbMs / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included)`);
+      }
+      if (only !== "standby") {
+        const ps = await pageserverIngest(base, walCopy, importLsn, endLsn);
+        psRate = walMb / (ps.ms / 1000);
+        console.log(`round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ${ps.layers} layer files (read + decode + ingest + flush)`);
+      }
+      if (sbRate !== undefined && psRate !== undefined) console.log(`round ${round}: ratio pageserver / standby = ${(psRate / sbRate).toFixed(2)} (goal >= 1.0)`);
     }
   } finally {
     await pg.destroy();
