@@ -5,6 +5,13 @@
  *                     [--listen-host 127.0.0.1] [--safekeepers host:5454,host:5455]
  *                     [--page-cache-pages 8192] [--walredo-processes 1]
  *                     [--checkpoint-distance BYTES] [--log-level info]
+ *                     [--remote-storage URL] [--max-local-layer-bytes BYTES]
+ *
+ * --remote-storage takes the URL grammar of src/remote_storage/config.ts
+ * (file:///path, s3://bucket/prefix?endpoint=…&region=…&force_path_style=true,
+ * azure://container/prefix?…): layers and index_part.json are uploaded there
+ * and tenants can be attached from it (docs/remote-storage.md). Without it the
+ * pageserver is local only and remote_consistent_lsn stays 0/0.
  *
  * Tenants and timelines live under <datadir>/tenants/. Logs are JSON lines on
  * stderr. SIGTERM / SIGINT stop it gracefully (open layers flushed, tasks
@@ -18,6 +25,7 @@ import { createLogger, errorFields } from "../lib/logging.js";
 import { createRegistry } from "../lib/metrics.js";
 import { defaultPageserverConfig, parseHostPort, parseTenantConfig } from "../pageserver/config.js";
 import { Pageserver } from "../pageserver/pageserver.js";
+import { parseRemoteStorageUrl } from "../remote_storage/config.js";
 
 interface Flags {
   datadir?: string;
@@ -29,6 +37,8 @@ interface Flags {
   walredoProcesses?: string;
   checkpointDistance?: string;
   logLevel?: string;
+  remoteStorage?: string;
+  maxLocalLayerBytes?: string;
 }
 
 function intFlag(name: string, v: string | undefined, min: number, max: number): number | undefined {
@@ -51,6 +61,8 @@ export function register(program: Command): void {
     .option("--walredo-processes <n>", "WAL redo helper processes per tenant (default 1)")
     .option("--checkpoint-distance <bytes>", "default tenant checkpoint distance (open layer size before a flush)")
     .option("--log-level <level>", "log level (trace, debug, info, warn, error)")
+    .option("--remote-storage <url>", "remote storage for layers and index_part.json: file:///path, s3://bucket/prefix?…, azure://container/prefix?…")
+    .option("--max-local-layer-bytes <bytes>", "with remote storage: evict least recently read layers when local layer files exceed this")
     .addHelpText(
       "after",
       `
@@ -78,6 +90,14 @@ Pages: libpq "pagestream <tenant> <timeline>" on the page service port (src/page
         if (flags.safekeepers !== undefined) {
           config.safekeepers = flags.safekeepers.split(",").map((s) => s.trim()).filter((s) => s !== "");
           config.safekeepers.forEach(parseHostPort);
+        }
+        if (flags.remoteStorage !== undefined) {
+          parseRemoteStorageUrl(flags.remoteStorage); // reject a bad URL before anything starts
+          config.remoteStorage = flags.remoteStorage;
+        }
+        config.maxLocalLayerBytes = intFlag("max-local-layer-bytes", flags.maxLocalLayerBytes, 0, Number.MAX_SAFE_INTEGER);
+        if (config.maxLocalLayerBytes !== undefined && config.remoteStorage === undefined) {
+          throw new StrataError("invalid_argument", "--max-local-layer-bytes needs --remote-storage (only layers held remotely can be evicted)");
         }
         if (flags.checkpointDistance !== undefined) {
           config.defaultTenantConfig = parseTenantConfig({ checkpointDistanceBytes: Number(flags.checkpointDistance) }, config.defaultTenantConfig);

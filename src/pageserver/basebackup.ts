@@ -24,7 +24,11 @@
  *   - a generated WAL segment holding a shutdown checkpoint at X and a
  *     generated global/pg_control in state "shut down" pointing at it
  *     (formats/wal/wal_synthesis.ts). pg_control is the archive's last
- *     member: a tar cut short cannot be started by mistake.
+ *     member: a tar cut short cannot be started by mistake. The segment
+ *     reads as a valid record chain from its first byte (NOOP filler
+ *     records up to X, basebackup/wal_filler.ts), so a safekeeper, standby
+ *     or pg_receivewal that starts at the segment start can follow the
+ *     new compute's WAL; the checkpoint's xl_prev is then the last filler.
  * `basebackup` without `full` is everything but relation files (for a
  * compute that reads pages from the pageserver).
  *
@@ -61,6 +65,23 @@
  * the next record would start: the state is the same. `timelineBackupLsn`
  * does all of this for a Timeline, waiting (bounded) for ingest.
  *
+ * Which LSNs denote which state (the rule branches and backups share).
+ * Ingest stores every version of a record at the record's MAXALIGNed end
+ * (datadir.ts), so the state at an 8-aligned X is "every record whose end
+ * is <= X": exactly the transactions whose commit records end at or before
+ * X. Any aligned X outside a page header is therefore a consistent state,
+ * even one in the middle of a record (pg_current_wal_lsn() can be a page
+ * boundary inside a long record, when the WAL writer wrote whole pages):
+ * the straddling record is simply not part of it, as if the server had
+ * crashed there. The new compute's WAL starts at X with its own checkpoint.
+ * `roundToRecordBoundary` turns other requests into such an X without
+ * changing the state they denote: an unaligned LSN can only be a record's
+ * exact end (records start MAXALIGNed), equivalent to the next multiple
+ * of 8; an LSN inside a page header goes past the header. So a compute's
+ * pg_current_wal_lsn() / pg_current_wal_flush_lsn() after a commit, and a
+ * commit end from get_lsn_by_timestamp, are all valid backup and branch
+ * points.
+ *
  * Failure and cancellation: everything that can fail before the first byte
  * (bad LSN, missing pg_control or checkpoint, corrupt directories) fails
  * the returned promise, so a page service can answer with an error instead
@@ -72,7 +93,7 @@
  */
 import type { Readable } from "node:stream";
 import { StrataError, assert } from "../lib/errors.js";
-import { DEFAULT_WAL_SEG_SIZE_BYTES, formatLsn, lsn, pageOffset, segmentOffset, XLOG_BLCKSZ, type Lsn } from "../lib/lsn.js";
+import { DEFAULT_WAL_SEG_SIZE_BYTES, formatLsn, lsn, lsnAlign, pageOffset, segmentOffset, XLOG_BLCKSZ, type Lsn } from "../lib/lsn.js";
 import { requestContext, type RequestContext } from "../lib/tasks.js";
 import { BLCKSZ, getPageChecksumField, getPageLsn, pageIsNew } from "../formats/page.js";
 import { pageChecksum, setPageChecksum } from "../formats/page_checksum.js";
@@ -129,6 +150,7 @@ import {
 } from "./basebackup/layout.js";
 import { orderedPrefetch } from "./basebackup/prefetch.js";
 import { TarWriter } from "./basebackup/tar_writer.js";
+import { walFillerBefore } from "./basebackup/wal_filler.js";
 import type { Timeline } from "./timeline.js";
 
 // ------------------------------------------------------------------ limits
@@ -250,6 +272,20 @@ export function checkBackupLsn(x: Lsn, bounds?: BackupLsnBounds, walSegSizeBytes
     throw new StrataError("invalid_argument", `Cannot take a base backup at ${formatLsn(x)}: inside the ${hdr}-byte header of WAL page ${formatLsn(x - BigInt(off))}, not a record boundary`);
   }
   return x;
+}
+
+/**
+ * Moves a requested LSN to the record boundary that denotes the same state
+ * (see "Which LSNs" in the header): an unaligned LSN up to the next multiple
+ * of 8, an LSN inside a WAL page header to the first byte after it. Record
+ * boundaries come back unchanged.
+ */
+export function roundToRecordBoundary(x: Lsn, walSegSizeBytes = DEFAULT_WAL_SEG_SIZE_BYTES): Lsn {
+  let y = lsnAlign(x, 8);
+  const off = pageOffset(y);
+  const hdr = headerBytesAt(y, walSegSizeBytes);
+  if (off > 0 && off < hdr) y = lsn(y - BigInt(off) + BigInt(hdr));
+  return y;
 }
 
 /**
@@ -443,6 +479,8 @@ async function makePlan(reader: DatadirReader, x: Lsn, opts: BasebackupOptions, 
 
   // the checkpoint, WAL and pg_control
   const timeSeconds = opts.timeSeconds ?? BigInt(Math.floor(Date.now() / 1000));
+  // NOOP records from the segment start to X (basebackup/wal_filler.ts): readers that start at the segment's first byte
+  const filler = walFillerBefore(placeAt, cf.systemIdentifier, cf.xlogSegSize);
   const wal = synthesizeShutdownCheckpointWal({
     lsn: placeAt,
     checkpoint: {
@@ -455,7 +493,7 @@ async function makePlan(reader: DatadirReader, x: Lsn, opts: BasebackupOptions, 
     },
     systemId: cf.systemIdentifier,
     walSegSizeBytes: cf.xlogSegSize,
-    ...(opts.prevRecordLsn !== undefined ? { prevLsn: opts.prevRecordLsn } : {}),
+    ...(filler !== undefined ? { prefix: filler.prefix, prevLsn: filler.lastRecordLsn } : opts.prevRecordLsn !== undefined ? { prevLsn: opts.prevRecordLsn } : {}),
   });
   const controlFile = encodeControlFile(shutdownControlFile(cf, placeAt, wal.checkpoint, timeSeconds));
 

@@ -44,7 +44,7 @@ import { BLCKSZ } from "../formats/page.js";
 import { decodeTwoPhaseDir } from "./datadir.js";
 import { internalContext, listDatabases, listRelations, listSlruSegments, slruSegmentPages } from "./getpage.js";
 import {
-  CHECKPOINT_KEY, CONTROLFILE_KEY, DBDIR_KEY, KEY_END, KEY_MIN, relBlockKey, relDirKey, relmapKey, relSizeKey, slruBlockKey, slruDirKey, slruSegSizeKey, SlruKind,
+  CHECKPOINT_KEY, CONTROLFILE_KEY, DBDIR_KEY, KEY_END, KEY_MIN, LAST_COMMIT_KEY, relBlockKey, relDirKey, relmapKey, relSizeKey, slruBlockKey, slruDirKey, slruSegSizeKey, SlruKind,
   TWOPHASE_DIR_KEY, twoPhaseFileKey, type Key,
 } from "./key.js";
 import { decodeRelSize } from "./datadir.js";
@@ -62,6 +62,9 @@ const MATERIALIZE_CONCURRENCY = 16;
 export async function collectKeyspace(tl: Timeline, lsn: Lsn, signal?: AbortSignal): Promise<Key[]> {
   const ctx = internalContext(signal);
   const keys: Key[] = [DBDIR_KEY, CONTROLFILE_KEY, CHECKPOINT_KEY];
+  // The last-commit value (lsn_by_timestamp.ts) must be in every image that covers its key, or a read
+  // stopping at such an image would lose the commit history below it once GC removes the deltas.
+  if ((await tl.get(LAST_COMMIT_KEY, lsn, ctx)) !== undefined) keys.push(LAST_COMMIT_KEY);
   for (const { spcOid, dbOid } of await listDatabases(tl, lsn, ctx)) {
     if ((await tl.get(relmapKey(spcOid, dbOid), lsn, ctx)) !== undefined) keys.push(relmapKey(spcOid, dbOid));
     if ((await tl.get(relDirKey(spcOid, dbOid), lsn, ctx)) === undefined) continue;

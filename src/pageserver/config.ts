@@ -105,7 +105,16 @@ export interface PageserverConfig {
   pageCachePages: number;
   /** WAL redo helper processes per tenant. */
   walRedoProcesses: number;
+  /** Remote storage URL (src/remote_storage/config.ts grammar); undefined = local only. */
+  remoteStorage?: string;
+  /** Disk-usage eviction: resident layer bytes above which the least recently read layers are evicted (0 = off). */
+  maxLocalLayerBytes?: number;
+  /** How often the disk-usage eviction policy checks (default EVICTION_PERIOD_MS). */
+  evictionPeriodMs?: number;
 }
+
+/** The disk-usage eviction task checks this often: cheap (sums in memory), and disks fill slowly. */
+export const EVICTION_PERIOD_MS = 10_000;
 
 /** 8192 pages = 64 MiB of hot pages. */
 export const DEFAULT_PAGE_CACHE_PAGES = 8192;

@@ -10,9 +10,10 @@ import { silentLogger } from "../lib/logging.js";
 import { TaskManager } from "../lib/tasks.js";
 import { WalRedoManager } from "../walredo/pool.js";
 import { parseTenantConfig, type TenantConfig } from "./config.js";
-import { computeGcCutoff, gcTimeline, LSN_TIME_MAX_SAMPLES, LsnTimeHistory } from "./gc.js";
+import { computeGcCutoff, gcTimeline, LSN_TIME_MAX_SAMPLES, LsnTimeHistory, pitrCutoffFromCommits } from "./gc.js";
 import { internalContext } from "./getpage.js";
-import { relBlockKey, type Key } from "./key.js";
+import { LAST_COMMIT_KEY, relBlockKey, type Key } from "./key.js";
+import { encodeLastCommit } from "./lsn_by_timestamp.js";
 import { ImageLayerWriter } from "./layers/image_layer.js";
 import { PersistentLayer } from "./layers/layer.js";
 import { FULL_KEY_RANGE } from "./layers/range.js";
@@ -118,6 +119,34 @@ test("GC cutoff: min of horizon and PITR terms; unknown PITR time keeps everythi
     assert.equal(c.cutoff, 0n, "a horizon longer than the history keeps everything");
     await tl.setGcCutoff(lsn(0x10_2000));
     assert.equal(computeGcCutoff(tl, now).cutoff, lsn(0x10_2000), "never below the persisted cutoff");
+    await tl.shutdown();
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+});
+
+test("without (time, LSN) samples that old (a restart), the PITR term comes from commit timestamps", async () => {
+  const root = await mkdtemp(join(tmpdir(), "strata-gc-"));
+  try {
+    const conf = parseTenantConfig({ gcHorizonBytes: 0x100, pitrIntervalMs: 60_000 });
+    const id = generateTimelineId();
+    const tl = await Timeline.create(makeDeps(conf), join(root, id), id, { startLsn: lsn(0x10_0000) });
+    const now = Date.now();
+    const pgUs = (ms: number) => (BigInt(ms) - 946_684_800_000n) * 1000n;
+    for (const [at, agoMs, xid] of [[0x10_1000, 120_000, 10], [0x10_4000, 90_000, 11], [0x10_7000, 10_000, 12]] as const) {
+      await tl.put([{ key: LAST_COMMIT_KEY, lsn: lsn(at), value: { kind: "image", bytes: encodeLastCommit({ timestampUs: pgUs(now - agoMs), endLsn: lsn(at), xid }) } }]);
+      tl.finishRecord(lsn(at));
+    }
+    tl.finishRecord(lsn(0x10_8000));
+    assert.equal(computeGcCutoff(tl, now).pitrCutoff, undefined, "no sample is a minute old");
+    assert.equal(await pitrCutoffFromCommits(tl, now - 60_000), lsn(0x10_4000), "the last commit a minute ago");
+    assert.equal(await pitrCutoffFromCommits(tl, now - 5_000), lsn(0x10_7000), "all commits older: the newest");
+    assert.equal(await pitrCutoffFromCommits(tl, now - 200_000), undefined, "before every commit: keep everything");
+    const r = await gcTimeline(tl, [], { nowMs: now });
+    assert.equal(r.cutoff, "0/104000", "min(horizon 0/107F00, commits 0/104000)");
+    assert.equal(tl.latestGcCutoffLsn, lsn(0x10_4000));
+    conf.pitrIntervalMs = 200_000;
+    assert.equal((await gcTimeline(tl, [], { nowMs: now })).cutoff, "0/104000", "no commit that old: the cutoff stays");
     await tl.shutdown();
   } finally {
     await rm(root, { recursive: true, force: true });

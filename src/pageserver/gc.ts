@@ -10,9 +10,12 @@
  * The time -> LSN mapping is `LsnTimeHistory`: (wall-clock ms,
  * last_record_lsn) samples taken by the timeline as records finish, at most
  * one per LSN_TIME_SAMPLE_INTERVAL_MS, kept in memory only. "LSN at time T"
- * is the newest sample taken at or before T; with no sample that old (a
- * fresh process or timeline) the PITR term keeps everything, so after a
- * restart GC is conservative for one pitr_interval rather than guessing.
+ * is the newest sample taken at or before T. With no sample that old (a
+ * fresh process or timeline) GC falls back to the commit record the WAL
+ * itself carries (lsn_by_timestamp.ts, `pitrCutoffFromCommits`): the end of
+ * the last commit stamped at or before T, which survives restarts — every
+ * state at a time >= T (what a branch "at T" reads) lies at or above it.
+ * With neither (no commit that old) the PITR term keeps everything.
  * `pitr_interval = 0` disables the time term.
  *
  * Which layers go. Retain points are the cutoff itself and the branch points
@@ -44,7 +47,9 @@
  * Triggers: the tenant's background task (kind "gc", every `gcPeriodMs`,
  * tenant.ts) and `PUT /v1/tenant/:t/timeline/:tl/do_gc` (http_api.ts).
  */
-import { formatLsn, lsnMin, type Lsn } from "../lib/lsn.js";
+import { formatLsn, lsnMax, lsnMin, type Lsn } from "../lib/lsn.js";
+import { internalContext } from "./getpage.js";
+import { findLsnByTimestamp } from "./lsn_by_timestamp.js";
 import type { Layer } from "./layers/layer.js";
 import { PersistentLayer } from "./layers/layer.js";
 import type { Timeline } from "./timeline.js";
@@ -112,18 +117,44 @@ export interface GcCutoffs {
   readonly cutoff: Lsn;
 }
 
-/** Computes the GC cutoff of a timeline from its tenant settings. */
-export function computeGcCutoff(tl: Timeline, nowMs = Date.now()): GcCutoffs {
+/**
+ * Computes the GC cutoff of a timeline from its tenant settings;
+ * `pitrFromCommits` is the PITR term used when no (time, LSN) sample is old
+ * enough (gcTimeline gets it from `pitrCutoffFromCommits`).
+ */
+export function computeGcCutoff(tl: Timeline, nowMs = Date.now(), pitrFromCommits?: Lsn): GcCutoffs {
   const conf = tl.deps.conf();
   const last = tl.lastRecordLsn;
   const horizon = BigInt(conf.gcHorizonBytes);
   const horizonCutoff = (last > horizon ? last - horizon : 0n) as Lsn;
-  const pitrCutoff = conf.pitrIntervalMs === 0 ? last : tl.lsnTimeHistory.lsnAt(nowMs - conf.pitrIntervalMs);
+  const pitrCutoff = conf.pitrIntervalMs === 0 ? last : (tl.lsnTimeHistory.lsnAt(nowMs - conf.pitrIntervalMs) ?? pitrFromCommits);
   let cutoff = pitrCutoff === undefined ? (0n as Lsn) : lsnMin(horizonCutoff, pitrCutoff);
   // Layers above disk_consistent_lsn are in memory; the cutoff itself may be anywhere at or below last_record_lsn.
   if (cutoff < tl.latestGcCutoffLsn) cutoff = tl.latestGcCutoffLsn;
   return { horizonCutoff, pitrCutoff, cutoff };
 }
+
+/**
+ * The PITR term from commit records: the end of the last commit stamped at
+ * or before `timeMs` (the compute's clock, PostgreSQL's commit timestamps),
+ * or the newest commit's end when all are older; undefined when no commit
+ * is that old or there are none (keep everything). Never below the oldest
+ * LSN the timeline can read.
+ */
+export async function pitrCutoffFromCommits(tl: Timeline, timeMs: number, signal?: AbortSignal): Promise<Lsn | undefined> {
+  if (tl.lastRecordLsn === 0n || tl.state !== "active") return undefined;
+  const start = tl.ancestorTimelineId !== undefined ? tl.ancestorLsn : tl.initdbLsn;
+  const lo = lsnMax(tl.latestGcCutoffLsn, start);
+  if (lo > tl.lastRecordLsn) return undefined;
+  const timestampUs = (BigInt(Math.floor(timeMs)) - PG_EPOCH_UNIX_MS) * 1000n;
+  const r = await findLsnByTimestamp(tl, timestampUs, { lo, hi: tl.lastRecordLsn }, internalContext(signal));
+  if (r.kind === "present") return r.lsn;
+  if (r.kind === "future" && r.commit !== undefined) return lsnMax(r.commit.endLsn, lo);
+  return undefined;
+}
+
+/** Milliseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC). */
+const PG_EPOCH_UNIX_MS = 946_684_800_000n;
 
 export interface GcResult {
   readonly cutoff: string;
@@ -174,7 +205,10 @@ export function planGc(tl: Timeline, cutoff: Lsn, branchPoints: readonly Lsn[]):
 export async function gcTimeline(tl: Timeline, branchPoints: readonly Lsn[], opts: { nowMs?: number; signal?: AbortSignal } = {}): Promise<GcResult> {
   return tl.withCompactionLock(async () => {
     opts.signal?.throwIfAborted();
-    const { cutoff } = computeGcCutoff(tl, opts.nowMs);
+    const nowMs = opts.nowMs ?? Date.now();
+    const pitrMs = tl.deps.conf().pitrIntervalMs;
+    const fromCommits = pitrMs > 0 && tl.lsnTimeHistory.lsnAt(nowMs - pitrMs) === undefined ? await pitrCutoffFromCommits(tl, nowMs - pitrMs, opts.signal) : undefined;
+    const { cutoff } = computeGcCutoff(tl, nowMs, fromCommits);
     const retained = branchPoints.filter((p) => p < cutoff).map(formatLsn);
     const total = tl.layers.historicCount;
     if (cutoff === 0n) return { cutoff: formatLsn(cutoff), retainedBranchPoints: retained, layersTotal: total, layersRemoved: 0, removedFiles: [], bytesRemoved: 0 };

@@ -3,15 +3,18 @@
  * (src/lib/http.ts: error mapping, body limits, /metrics).
  *
  *   GET    /v1/status
- *   POST   /v1/tenant                          {tenant_id?, config?}        -> 201 {tenant_id}
+ *   POST   /v1/tenant                          {tenant_id?, config?, generation?}  -> 201 {tenant_id, generation}
  *   GET    /v1/tenant                                                       -> [tenant]
  *   GET    /v1/tenant/:tenant_id                                            -> tenant
  *   PATCH  /v1/tenant/:tenant_id/config        {setting: value, ...}        -> config
  *   DELETE /v1/tenant/:tenant_id
  *   POST   /v1/tenant/:tenant_id/timeline      {new_timeline_id?, ancestor_timeline_id?, ancestor_start_lsn?,
- *                                               pg_version?, import_datadir?}  -> 201 timeline
- *          (a branch when ancestor_timeline_id is given; else an empty root, bootstrapped from
- *           import_datadir — a cleanly shut-down PostgreSQL 15 data directory on this host — when given)
+ *                                               pg_version?, import_datadir?, data_checksums?}  -> 201 timeline
+ *          (a branch when ancestor_timeline_id is given; else a root bootstrapped from import_datadir — a
+ *           cleanly shut-down PostgreSQL 15 data directory on this host — when given, else by initdb;
+ *           rules in timeline_api.ts)
+ *   GET    /v1/tenant/:tenant_id/timeline/:timeline_id/get_lsn_by_timestamp?timestamp=<RFC 3339>
+ *          -> {lsn, kind: present|past|future|nodata, commit_timestamp}  (lsn_by_timestamp.ts)
  *   GET    /v1/tenant/:tenant_id/timeline                                   -> [timeline]
  *   GET    /v1/tenant/:tenant_id/timeline/:timeline_id                      -> timeline (LSNs, layers, ancestor, WAL receiver)
  *   DELETE /v1/tenant/:tenant_id/timeline/:timeline_id
@@ -21,7 +24,19 @@
  *          (min(last_record_lsn - gcHorizonBytes, LSN at now - pitrIntervalMs)), removes layers no read at or
  *          above it (or at a child's branch point) needs -> {cutoff, retainedBranchPoints, layersTotal,
  *          layersRemoved, removedFiles, bytesRemoved}
+ *   POST   /v1/tenant/:tenant_id/attach        {generation, config?}       -> 202 tenant (state "attaching", then
+ *          "active" or "broken"; remote storage only; see remote/tenant_remote.ts)
+ *   POST   /v1/tenant/:tenant_id/detach                                     -> 200 {detached, generation} after flush,
+ *          uploads durable, local copy removed
+ *   PUT    /v1/tenant/:tenant_id/timeline/:timeline_id/evict_layers  {layers?: [name]}
+ *          -> {evicted, skipped, bytes}: evicts layers the durable remote index holds (all, or the named ones)
  *   GET    /metrics                                                         Prometheus
+ *
+ * Remote storage (contract B): POST /v1/tenant takes `generation` (default 1);
+ * tenant JSON has `state` and `generation`; timeline JSON's
+ * `remote_consistent_lsn` is the disk_consistent_lsn of the durable remote
+ * index, and `remote` (null without remote storage) details the queue and
+ * layer residence.
  *
  * Ids and LSNs from the URL or body are validated here (400 with the
  * offending text); a Broken tenant or timeline is listed with its reason.
@@ -31,13 +46,16 @@ import type { Logger } from "pino";
 import { StrataError } from "../lib/errors.js";
 import { createHttpApi } from "../lib/http.js";
 import { generateTimelineId, parseTenantId, parseTimelineId, type TenantId } from "../lib/id.js";
-import { formatLsn, parseLsn, type Lsn } from "../lib/lsn.js";
+import { formatLsn, type Lsn } from "../lib/lsn.js";
 import type { Registry } from "../lib/metrics.js";
 import { compactLevel0, createImageLayers } from "./compaction.js";
+import { createTimelineFromRequest, loadSystemId, registerLsnByTimestampRoute, timelineIdentityJson } from "./timeline_api.js";
 import type { Tenant } from "./tenant.js";
 import type { TenantManager } from "./tenant_manager.js";
 import type { Timeline } from "./timeline.js";
 import type { WalReceiverStatus } from "./wal_receiver.js";
+import { evictTimelineLayers } from "./remote/eviction.js";
+import { RemoteMetrics } from "./remote/metrics.js";
 
 /** What the API needs from the running pageserver besides the tenants. */
 export interface PageserverControl {
@@ -49,15 +67,6 @@ export interface PageserverControl {
   walReceiverStatus(tl: Timeline): WalReceiverStatus | undefined;
   /** Imports a data directory into an empty root timeline (bootstrap). */
   importDatadir(tl: Timeline, datadir: string): Promise<{ lsn: Lsn }>;
-}
-
-function lsnParam(v: unknown, what: string): Lsn {
-  if (typeof v !== "string") throw new StrataError("invalid_argument", `${what} must be an LSN string like "0/16B3748"`);
-  try {
-    return parseLsn(v);
-  } catch (e) {
-    throw new StrataError("invalid_argument", `${what}: ${(e as Error).message}`);
-  }
 }
 
 function body(req: { body: unknown }): Record<string, unknown> {
@@ -72,6 +81,7 @@ export function tenantJson(t: Tenant) {
     id: t.tenantId,
     state: t.state,
     ...(t.brokenReason === undefined ? {} : { broken_reason: t.brokenReason }),
+    generation: t.generation,
     timelines: t.listTimelines().length,
     config: t.conf,
   };
@@ -90,11 +100,12 @@ export function timelineJson(tl: Timeline, walReceiver?: WalReceiverStatus) {
     last_record_lsn: formatLsn(tl.lastRecordLsn),
     prev_record_lsn: tl.prevRecordLsn === undefined ? null : formatLsn(tl.prevRecordLsn),
     disk_consistent_lsn: formatLsn(tl.diskConsistentLsn),
-    remote_consistent_lsn: "0/0",
+    remote_consistent_lsn: formatLsn(tl.remoteConsistentLsn),
     latest_gc_cutoff_lsn: formatLsn(tl.latestGcCutoffLsn),
     initdb_lsn: formatLsn(tl.initdbLsn),
     commit_lsn_seen: formatLsn(tl.remoteCommitLsn),
     pg_version: tl.pgVersion,
+    ...timelineIdentityJson(tl),
     layers: {
       delta: layers.filter((l) => l.kind === "delta").length,
       image: layers.filter((l) => l.kind === "image").length,
@@ -103,6 +114,28 @@ export function timelineJson(tl: Timeline, walReceiver?: WalReceiverStatus) {
       open_in_memory: g?.layerCounts.open ?? 0,
     },
     wal_receiver: walReceiver ?? null,
+    remote: remoteJson(tl),
+  };
+}
+
+function remoteJson(tl: Timeline) {
+  const r = tl.remote;
+  if (r === undefined) return null;
+  const layers = r.allLayers();
+  const resident = layers.filter((l) => l.residence?.resident === true).length;
+  return {
+    generation: r.client.generation,
+    queue_depth: r.client.queueDepth,
+    stale: r.client.stale,
+    resident_layers: resident,
+    remote_only_layers: layers.length - resident,
+    resident_bytes: r.residentBytes(),
+    layers_uploaded: r.client.stats.layersUploaded,
+    indexes_uploaded: r.client.stats.indexesUploaded,
+    uploaded_bytes: r.client.stats.uploadedBytes,
+    deletions: r.client.stats.deletions,
+    skipped_deletions: r.client.stats.skippedDeletions,
+    failed_attempts: r.client.stats.failedAttempts,
   };
 }
 
@@ -117,9 +150,22 @@ export function buildHttpApi(ps: PageserverControl, opts: { log: Logger; registr
   app.post("/v1/tenant", async (req, reply) => {
     const b = body(req);
     const id: TenantId | undefined = b.tenant_id === undefined ? undefined : parseTenantId(String(b.tenant_id));
-    const t = await tenants.createTenant(id, b.config);
+    const t = await tenants.createTenant(id, b.config, b.generation === undefined ? 1 : (b.generation as number));
     t.activate();
-    return reply.status(201).send({ tenant_id: t.tenantId });
+    return reply.status(201).send({ tenant_id: t.tenantId, generation: t.generation });
+  });
+  app.post<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/attach", async (req, reply) => {
+    const b = body(req);
+    if (b.generation === undefined) throw new StrataError("invalid_argument", "attach needs a generation (a positive integer above any this tenant had)");
+    const t = await tenants.attachTenant(parseTenantId(req.params.tenant_id), b.generation as number, b.config);
+    return reply.status(202).send(tenantJson(t));
+  });
+  app.post<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/detach", async (req) => {
+    const t = tenantOf(req.params);
+    await tenants.detachTenant(t.tenantId, async (x) => {
+      for (const tl of x.listTimelines()) await ps.timelineGone(tl);
+    });
+    return { detached: t.tenantId, generation: t.generation };
   });
   app.get("/v1/tenant", async () => tenants.list().map(tenantJson));
   app.get<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id", async (req) => tenantJson(tenantOf(req.params)));
@@ -135,34 +181,21 @@ export function buildHttpApi(ps: PageserverControl, opts: { log: Logger; registr
     const t = tenantOf(req.params);
     const b = body(req);
     const id = b.new_timeline_id === undefined ? generateTimelineId() : parseTimelineId(String(b.new_timeline_id));
-    let tl: Timeline;
-    if (b.ancestor_timeline_id !== undefined) {
-      if (b.import_datadir !== undefined) throw new StrataError("invalid_argument", "A branch cannot also import a data directory");
-      tl = await t.createTimeline(id, {
-        ancestorTimelineId: parseTimelineId(String(b.ancestor_timeline_id)),
-        ...(b.ancestor_start_lsn === undefined ? {} : { ancestorLsn: lsnParam(b.ancestor_start_lsn, "ancestor_start_lsn") }),
-      });
-    } else {
-      const pgVersion = b.pg_version === undefined ? 15 : Number(b.pg_version);
-      if (pgVersion !== 15) throw new StrataError("unsupported", `pg_version ${String(b.pg_version)}: only PostgreSQL 15 is supported`);
-      tl = await t.createTimeline(id, { pgVersion });
-      if (b.import_datadir !== undefined) {
-        try {
-          await ps.importDatadir(tl, String(b.import_datadir));
-        } catch (e) {
-          await t.deleteTimeline(id).catch(() => undefined);
-          throw e;
-        }
-      }
-    }
+    const tl = await createTimelineFromRequest(t, id, b, { workDir: tenants.opts.dataDir, log: opts.log, importDatadir: (x, dir) => ps.importDatadir(x, dir) });
     ps.timelineReady(tl);
     return reply.status(201).send(timelineJson(tl, ps.walReceiverStatus(tl)));
   });
-  app.get<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/timeline", async (req) => tenantOf(req.params).listTimelines().map((tl) => timelineJson(tl, ps.walReceiverStatus(tl))));
+  app.get<{ Params: { tenant_id: string } }>("/v1/tenant/:tenant_id/timeline", async (req) => {
+    const list = tenantOf(req.params).listTimelines();
+    for (const tl of list) await loadSystemId(tl).catch(() => undefined);
+    return list.map((tl) => timelineJson(tl, ps.walReceiverStatus(tl)));
+  });
   app.get<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id", async (req) => {
     const tl = timelineOf(req.params);
+    await loadSystemId(tl).catch(() => undefined);
     return timelineJson(tl, ps.walReceiverStatus(tl));
   });
+  registerLsnByTimestampRoute(app, timelineOf);
   app.delete<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id", async (req) => {
     const tl = timelineOf(req.params);
     const t = tenantOf(req.params);
@@ -171,7 +204,9 @@ export function buildHttpApi(ps: PageserverControl, opts: { log: Logger; registr
     }
     await ps.timelineGone(tl);
     await t.deleteTimeline(tl.timelineId);
-    return { deleted: tl.timelineId };
+    // Remote objects too, or the next attach would bring the timeline back.
+    const remoteDeleted = t.remote === undefined ? 0 : (await t.remote.deleteTimeline(tl.timelineId)).deleted;
+    return { deleted: tl.timelineId, remote_objects_deleted: remoteDeleted };
   });
   app.put<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint", async (req) => {
     const tl = timelineOf(req.params);
@@ -187,6 +222,13 @@ export function buildHttpApi(ps: PageserverControl, opts: { log: Logger; registr
       const images = await createImageLayers(tl, { force });
       return { level0, images };
     });
+  });
+  app.put<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id/evict_layers", async (req) => {
+    const tl = timelineOf(req.params);
+    if (tl.remote === undefined) throw new StrataError("invalid_argument", `Timeline ${tl.timelineId} has no remote storage; its layers cannot be evicted`);
+    const names = body(req).layers;
+    if (names !== undefined && (!Array.isArray(names) || names.some((n) => typeof n !== "string"))) throw new StrataError("invalid_argument", "layers must be an array of layer file names");
+    return evictTimelineLayers(tl, { ...(names === undefined ? {} : { names: names as string[] }), metrics: RemoteMetrics.of(opts.registry) });
   });
   app.put<{ Params: { tenant_id: string; timeline_id: string } }>("/v1/tenant/:tenant_id/timeline/:timeline_id/do_gc", async (req) => {
     return tenantOf(req.params).gcTimeline(parseTimelineId(req.params.timeline_id));

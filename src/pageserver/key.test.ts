@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  CHECKPOINT_KEY, CONTROLFILE_KEY, DBDIR_KEY, dbKeyRange, decodeKey, formatKey, KEY_END, keyFromBytes, keyToBytes,
+  CHECKPOINT_KEY, CONTROLFILE_KEY, DBDIR_KEY, LAST_COMMIT_KEY, dbKeyRange, decodeKey, formatKey, KEY_END, keyFromBytes, keyToBytes,
   parseKey, relBlockKey, relDirKey, relKeyRange, relmapKey, relSizeKey, SlruKind, slruBlockKey, slruDirKey,
   slruSegSizeKey, TWOPHASE_DIR_KEY, twoPhaseFileKey, type Key,
 } from "./key.js";
@@ -23,6 +23,7 @@ test("every constructor round-trips through bytes, text and decodeKey", () => {
     [twoPhaseFileKey(12345), { kind: "twophase_file", xid: 12345 }],
     [CONTROLFILE_KEY, { kind: "controlfile" }],
     [CHECKPOINT_KEY, { kind: "checkpoint" }],
+    [LAST_COMMIT_KEY, { kind: "last_commit" }],
   ];
   const seen = new Set<bigint>();
   for (const [k, info] of cases) {
@@ -63,5 +64,6 @@ test("invalid construction and corrupt keys are reported precisely", () => {
   assert.throws(() => decodeKey(parseKey("05" + "0".repeat(34))), /namespace 0x5/);
   assert.throws(() => decodeKey(parseKey("01" + "0".repeat(33) + "1")), /non-zero/);
   assert.throws(() => decodeKey(KEY_END), /outside/);
+  assert.throws(() => decodeKey(parseKey("0403" + "0".repeat(32))), /cluster file 3/);
   assert.throws(() => keyFromBytes(new Uint8Array(10)), /only 10 bytes/);
 });

@@ -24,7 +24,11 @@
  *        - size (blocks) of a segment: block = 0xFFFFFFFF
  *        - directory of a kind:        segment = 0xFFFFFFFF, block = 0xFFFFFFFF
  *   0x03 two-phase state: [1..4] xid; xid 0 (never a valid xid) is the directory.
- *   0x04 cluster files:   [1] 0 = pg_control, 1 = latest checkpoint.
+ *   0x04 cluster files:   [1] 0 = pg_control, 1 = latest checkpoint,
+ *                         2 = last commit (strata's own: commit timestamp and end
+ *                         LSN of the newest COMMIT / COMMIT PREPARED record, for
+ *                         get_lsn_by_timestamp; not a PostgreSQL file, base backups
+ *                         never read it).
  *
  * Ordering puts a relation's blocks together (scans for base backups and
  * image layers are sequential) and keeps per-database metadata right before
@@ -80,7 +84,8 @@ export type KeyInfo =
   | { kind: "twophase_dir" }
   | { kind: "twophase_file"; xid: number }
   | { kind: "controlfile" }
-  | { kind: "checkpoint" };
+  | { kind: "checkpoint" }
+  | { kind: "last_commit" };
 
 function u32(name: string, v: number): bigint {
   if (!Number.isInteger(v) || v < 0 || v > U32_MAX) {
@@ -166,6 +171,8 @@ export function twoPhaseFileKey(xid: number): Key {
 
 export const CONTROLFILE_KEY: Key = build(NS_CLUSTER, [[0n, 1]]);
 export const CHECKPOINT_KEY: Key = build(NS_CLUSTER, [[1n, 1]]);
+/** The last commit record ingested (lsn_by_timestamp.ts owns its value format). */
+export const LAST_COMMIT_KEY: Key = build(NS_CLUSTER, [[2n, 1]]);
 
 /** Reads `width` bytes starting at byte `offset` of the key. */
 function field(k: Key, offset: number, width: number): number {
@@ -226,6 +233,7 @@ export function decodeKey(k: Key): KeyInfo {
       const which = field(k, 1, 1);
       if (which === 0) return { kind: "controlfile" };
       if (which === 1) return { kind: "checkpoint" };
+      if (which === 2) return { kind: "last_commit" };
       throw invalid(k, `cluster file ${which}`);
     }
     default:

@@ -5,9 +5,10 @@
  *   pagestream <tenant_id> <timeline_id>   -> CopyBoth, the pagestream
  *       sub-protocol (pagestream.ts): exists / nblocks / getpage / dbsize /
  *       SLRU segment requests, each at its request LSN, pipelined;
- *   basebackup <tenant_id> <timeline_id> [lsn] / fullbackup ... -> handled by
- *       a registered command hook (`registerCommand`, issue 6's basebackup);
- *       without a hook the command is refused with feature_not_supported.
+ *   basebackup / fullbackup <tenant_id> <timeline_id> [lsn] [--gzip] -> CopyOut,
+ *       the tar (backup_service.ts, registered at construction through
+ *       `registerCommand`, the hook for further commands); an unknown
+ *       command is refused with feature_not_supported.
  *
  * Each connection is a TaskManager task (kind page_service) so shutdown
  * cancels and awaits it. Within a pagestream, up to MAX_PAGESTREAM_IN_FLIGHT
@@ -31,6 +32,7 @@ import { formatLsn, type Lsn } from "../lib/lsn.js";
 import { requestContext, type RequestContext, type TaskManager } from "../lib/tasks.js";
 import { ServerConnection } from "../wire/server_connection.js";
 import { sqlstateOf } from "../wire/sqlstate.js";
+import { backupCommand } from "./backup_service.js";
 import { dbSizeBytes, listDatabases, readSlruSegment, relExists, relSize } from "./getpage.js";
 import { relBlockKey } from "./key.js";
 import type { PageserverMetrics } from "./metrics.js";
@@ -53,7 +55,11 @@ export class PageService {
   private readonly commands = new Map<string, PageServiceCommand>();
   private readonly sockets = new Set<Socket>();
 
-  constructor(private readonly opts: PageServiceOptions) {}
+  constructor(private readonly opts: PageServiceOptions) {
+    const deps = { tenants: opts.tenants, log: opts.log, registry: opts.metrics.registry };
+    this.registerCommand("basebackup", backupCommand(deps, "basebackup"));
+    this.registerCommand("fullbackup", backupCommand(deps, "fullbackup"));
+  }
 
   /** Adds a command (lower-case first word), e.g. "basebackup". */
   registerCommand(name: string, handler: PageServiceCommand): void {

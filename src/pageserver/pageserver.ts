@@ -7,12 +7,18 @@
  * reported; the rest serve), start WAL receivers for timelines that hold
  * data when safekeepers are configured, then listen. Shutdown (`stop`):
  * stop listening, cancel connections and receivers, flush every timeline's
- * open layer (graceful: a restart then has nothing to re-ingest), stop the
+ * open layer (graceful: a restart then has nothing to re-ingest) and, with
+ * remote storage, wait (bounded) for the uploads, stop the
  * redo pools, and await every task (bounded).
  *
  * Bootstrap of a root timeline is an import of a cleanly shut-down data
  * directory at the end of its shutdown checkpoint record (initdb output,
  * or any stopped PostgreSQL 15 cluster); WAL ingest continues from there.
+ *
+ * Remote storage (`config.remoteStorage`, a URL): tenants load through the
+ * attach procedure (remote/tenant_remote.ts) and a timeline's WAL receiver
+ * starts when its tenant becomes active; a disk-usage eviction task runs when
+ * `maxLocalLayerBytes` is set (remote/eviction.ts).
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -36,11 +42,23 @@ import { PageService } from "./page_service.js";
 import { TenantManager } from "./tenant_manager.js";
 import type { Timeline } from "./timeline.js";
 import { WalReceiver, type WalReceiverStatus } from "./wal_receiver.js";
+import { createRemoteStorage } from "../remote_storage/config.js";
+import type { RemoteStorage } from "../remote_storage/remote_storage.js";
+import { EVICTION_PERIOD_MS } from "./config.js";
+import { diskUsageEvictionPass } from "./remote/eviction.js";
+import { RemoteMetrics } from "./remote/metrics.js";
 
 /** Background compaction looks at every timeline this often (image creation is cheap when nothing is due). */
 export const COMPACTION_PERIOD_MS = 20_000;
 /** Bound on graceful shutdown's wait for tasks. */
 export const SHUTDOWN_TIMEOUT_MS = 30_000;
+/**
+ * Graceful shutdown waits this long for upload queues to drain, so a stopped
+ * pageserver's remote copy is complete (its local directory may then be
+ * dropped). Storage that is down must not hold a stop forever: what is left
+ * is uploaded at the next start.
+ */
+export const SHUTDOWN_UPLOAD_WAIT_MS = 30_000;
 
 /** The LSN where the next record after a cleanly stopped cluster's shutdown checkpoint starts. */
 export async function shutdownCheckpointEnd(datadir: string): Promise<Lsn> {
@@ -79,14 +97,20 @@ export class Pageserver implements PageserverControl {
   pgPort = 0;
   httpPort = 0;
   private stopped = false;
+  readonly remoteStorage: RemoteStorage | undefined;
 
   private constructor(readonly opts: PageserverStartOptions) {
     this.tasks = new TaskManager(opts.log);
     this.metrics = new PageserverMetrics(opts.registry);
+    this.remoteStorage = opts.config.remoteStorage === undefined ? undefined : createRemoteStorage(opts.config.remoteStorage);
     const redo = new WalRedoManager({ processes: opts.config.walRedoProcesses, metrics: new WalRedoMetrics(opts.registry) });
     this.tenants = new TenantManager({
       dataDir: opts.config.dataDir, tasks: this.tasks, log: opts.log, metrics: this.metrics, redo,
       pageCachePages: opts.config.pageCachePages, defaultTenantConfig: opts.config.defaultTenantConfig,
+      ...(this.remoteStorage === undefined ? {} : { remoteStorage: this.remoteStorage }),
+      onTenantActive: (t) => {
+        for (const tl of t.listTimelines()) this.timelineReady(tl);
+      },
     });
     this.pageService = new PageService({ tenants: this.tenants, tasks: this.tasks, log: opts.log, metrics: this.metrics });
   }
@@ -102,6 +126,9 @@ export class Pageserver implements PageserverControl {
       const addr = ps.http.server.address();
       ps.httpPort = typeof addr === "object" && addr !== null ? addr.port : opts.config.listenHttpPort;
       ps.tasks.spawn("compaction", { name: "compaction" }, (signal) => ps.compactionLoop(signal));
+      if (ps.remoteStorage !== undefined && (opts.config.maxLocalLayerBytes ?? 0) > 0) {
+        ps.tasks.spawn("eviction", { name: "disk-usage eviction" }, (signal) => ps.evictionLoop(signal, opts.config.maxLocalLayerBytes!));
+      }
       opts.log.info({ pg_port: ps.pgPort, http_port: ps.httpPort, data_dir: opts.config.dataDir }, "pageserver started");
       return ps;
     } catch (e) {
@@ -159,6 +186,39 @@ export class Pageserver implements PageserverControl {
     }
   }
 
+  private async evictionLoop(signal: AbortSignal, maxBytes: number): Promise<void> {
+    while (!signal.aborted) {
+      await sleep(this.opts.config.evictionPeriodMs ?? EVICTION_PERIOD_MS, signal).catch(() => undefined);
+      if (signal.aborted) break;
+      try {
+        await diskUsageEvictionPass(this.tenants.allTimelines(), maxBytes, { log: this.opts.log, metrics: RemoteMetrics.of(this.opts.registry) });
+      } catch (e) {
+        this.opts.log.warn(errorFields(e), "disk-usage eviction failed");
+      }
+    }
+  }
+
+  /** Flushes every active timeline with remote storage and waits (bounded) for its upload queue. */
+  private async flushAndUpload(timeoutMs: number): Promise<void> {
+    if (this.remoteStorage === undefined) return;
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), timeoutMs);
+    try {
+      await Promise.all(
+        this.tenants.allTimelines().filter((tl) => tl.state === "active" && tl.remote !== undefined).map(async (tl) => {
+          try {
+            await tl.checkpoint(ac.signal);
+            await tl.remote!.client.waitForQueueEmpty(ac.signal);
+          } catch (e) {
+            this.opts.log.warn({ tenant_id: tl.tenantId, timeline_id: tl.timelineId, ...errorFields(e) }, "uploads not complete at shutdown; the rest is uploaded at the next start");
+          }
+        }),
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** Graceful shutdown: stop intake, flush every timeline, stop everything (bounded). */
   async stop(): Promise<void> {
     if (this.stopped) return;
@@ -168,8 +228,10 @@ export class Pageserver implements PageserverControl {
     for (const r of this.receivers.values()) await r.stop();
     this.receivers.clear();
     await this.tasks.shutdown({ kind: "compaction" }, SHUTDOWN_TIMEOUT_MS);
+    await this.flushAndUpload(SHUTDOWN_UPLOAD_WAIT_MS);
     await this.tenants.shutdown({ flush: true });
     await this.tasks.close(SHUTDOWN_TIMEOUT_MS);
+    await this.remoteStorage?.close().catch(() => undefined);
     this.opts.log.info("pageserver stopped");
   }
 }

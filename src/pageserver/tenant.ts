@@ -25,6 +25,12 @@
  * (one atomic step), then removes it; a crash in between leaves a marker
  * that the next load finishes removing. A timeline with children cannot be
  * deleted.
+ *
+ * Remote storage (remote/tenant_remote.ts): a tenant holds a generation
+ * (`attachment.json`, contract B) and, when the pageserver has remote
+ * storage, a TenantRemote its timelines upload through. Such a tenant starts
+ * in state "attaching" (`Tenant.attaching`) and becomes active in
+ * `finishAttach` once the remote indexes are downloaded.
  */
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, rm, unlink } from "node:fs/promises";
@@ -43,6 +49,7 @@ import { readMetadata } from "./metadata.js";
 import type { PageserverMetrics } from "./metrics.js";
 import type { MaterializedPageCache } from "./page_cache.js";
 import { Timeline, type TimelineDeps } from "./timeline.js";
+import type { TenantRemote } from "./remote/tenant_remote.js";
 
 export const TENANT_CONFIG_FILE_NAME = "config.json";
 export const TIMELINES_DIR_NAME = "timelines";
@@ -50,7 +57,7 @@ const DELETED_SUFFIX = ".___deleted";
 /** The GC task re-checks its period this often (so a changed gcPeriodMs applies within a second). */
 const GC_LOOP_TICK_MS = 1_000;
 
-export type TenantState = "active" | "broken" | "stopping" | "stopped";
+export type TenantState = "attaching" | "active" | "broken" | "stopping" | "stopped";
 
 /** Process-wide services a tenant uses. */
 export interface TenantDeps {
@@ -80,6 +87,10 @@ export class Tenant {
   brokenReason: string | undefined;
   private readonly timelines = new Map<TimelineId, Timeline>();
   readonly log: Logger;
+  /** The attachment's generation (contract B; 1 for tenants created before generations). */
+  generation = 1;
+  /** Remote storage of this tenant, when the pageserver has it. */
+  remote: TenantRemote | undefined;
 
   private constructor(
     readonly deps: TenantDeps,
@@ -106,6 +117,29 @@ export class Tenant {
     await writeFileAtomic(dir, TENANT_CONFIG_FILE_NAME, JSON.stringify(config, null, 2) + "\n");
     await fsyncDir(join(dir, ".."));
     return new Tenant(deps, tenantId, dir, config);
+  }
+
+  /**
+   * A tenant whose timelines are not loaded yet: listed as "attaching" while
+   * its remote indexes download (remote/tenant_remote.ts); `finishAttach` loads it.
+   */
+  static attaching(deps: TenantDeps, dir: string, tenantId: TenantId, config: TenantConfig, remote: TenantRemote): Tenant {
+    const t = new Tenant(deps, tenantId, dir, config);
+    t.state = "attaching";
+    t.remote = remote;
+    t.generation = remote.generation;
+    return t;
+  }
+
+  /** Loads the timelines of an attaching tenant and makes it active (or broken). */
+  async finishAttach(): Promise<void> {
+    if (this.state !== "attaching") return;
+    try {
+      await this.loadTimelines();
+      this.state = "active";
+    } catch (e) {
+      this.setBroken(`cannot load timelines: ${(e as Error).message}`);
+    }
   }
 
   /** Loads config and timelines; never throws for damaged state (the tenant or timeline is Broken instead). */
@@ -173,6 +207,7 @@ export class Tenant {
       pageCache: this.deps.pageCache,
       ...(this.deps.indexCache === undefined ? {} : { indexCache: this.deps.indexCache }),
       redoPool: (s) => this.deps.redo.pool(this.tenantId, s),
+      ...(this.remote === undefined ? {} : { remote: this.remote }),
     };
   }
 

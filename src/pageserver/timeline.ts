@@ -40,6 +40,12 @@
  *
  * States: active (serving), broken (metadata damaged, or a flush failed: the
  * reason is kept and reported; reads and ingest refuse), stopping/stopped.
+ *
+ * Remote storage (remote/timeline_remote.ts), when the tenant has it: the
+ * layer map also holds remote-only layers of the durable index (downloaded
+ * on first read, layers/residence.ts); every flush, compaction, GC and
+ * metadata change is reported to the remote timeline client's queue, and a
+ * local file whose upload is still queued is unlinked only after it.
  */
 import { mkdir, readdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
@@ -67,6 +73,8 @@ import { collectReconstructData, type ReconstructData } from "./layers/reconstru
 import type { Value, WalValue } from "./layers/value.js";
 import { METADATA_FILE_NAME, readMetadata, writeMetadata, type TimelineMetadata } from "./metadata.js";
 import type { PageserverMetrics, TimelineGaugeSource } from "./metrics.js";
+import { runWithReadContext } from "./layers/residence.js";
+import { TimelineRemote, type TimelineRemoteFactory } from "./remote/timeline_remote.js";
 import type { MaterializedPageCache } from "./page_cache.js";
 
 export type TimelineState = "active" | "broken" | "stopping" | "stopped";
@@ -87,6 +95,8 @@ export interface TimelineDeps {
   readonly indexCache?: IndexPageCache;
   /** The tenant's redo pool (created lazily, with the cluster's checksum setting). */
   readonly redoPool: (settings: { dataChecksums: boolean }) => WalRedoPool;
+  /** The tenant's remote storage, when configured. */
+  readonly remote?: TimelineRemoteFactory;
 }
 
 export interface CreateTimelineOptions {
@@ -146,13 +156,20 @@ export class Timeline implements DatadirReader, DatadirWriter {
   readonly lsnTimeHistory = new LsnTimeHistory();
   /** Highest commit LSN a safekeeper reported (for lag metrics). */
   remoteCommitLsn: Lsn = INVALID_LSN;
+  /** Remote storage of this timeline (upload queue, residence), when the tenant has it. */
+  remote: TimelineRemote | undefined;
+
+  /** disk_consistent_lsn of the last durable remote index (0/0 without remote storage). */
+  get remoteConsistentLsn(): Lsn {
+    return this.remote?.remoteConsistentLsn ?? INVALID_LSN;
+  }
   /**
    * DatadirReader.get: the value of `key` as of `lsn` (reconstructed through
    * redo when WAL records are stored for it), or undefined when no version
    * exists. Waits (bounded) for ingest to reach `lsn`.
    */
   async get(key: Key, lsn: Lsn, ctx: RequestContext): Promise<Uint8Array | undefined> {
-    return readValue(this, key, lsn, ctx);
+    return runWithReadContext(ctx, () => readValue(this, key, lsn, ctx));
   }
 
   /**
@@ -161,7 +178,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
    * are zeros). Existence checks are the caller's (page service: nblocks).
    */
   async getPage(key: Key, lsn: Lsn, ctx: RequestContext): Promise<Uint8Array> {
-    return readPage(this, key, lsn, ctx);
+    return runWithReadContext(ctx, () => readPage(this, key, lsn, ctx));
   }
 
   /** Data checksums of the cluster, once known (from pg_control). */
@@ -263,7 +280,12 @@ export class Timeline implements DatadirReader, DatadirWriter {
     }
     await writeMetadata(dir, meta);
     await fsyncDir(join(dir, ".."));
-    return new Timeline(deps, timelineId, dir, meta, opts.ancestor?.timeline);
+    const tl = new Timeline(deps, timelineId, dir, meta, opts.ancestor?.timeline);
+    if (deps.remote !== undefined) {
+      tl.remote = new TimelineRemote(deps.remote, tl, deps, tl.log);
+      tl.remote.metadataChanged(meta);
+    }
+    return tl;
   }
 
   /**
@@ -285,6 +307,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
       if (ancestor === undefined) return Timeline.broken(deps, dir, timelineId, `ancestor timeline ${meta.ancestorTimelineId} is missing`, meta);
     }
     const tl = new Timeline(deps, timelineId, dir, meta, ancestor);
+    if (deps.remote !== undefined) tl.remote = new TimelineRemote(deps.remote, tl, deps, tl.log);
     try {
       await tl.loadLayers();
     } catch (e) {
@@ -334,9 +357,28 @@ export class Timeline implements DatadirReader, DatadirWriter {
       }
       found.push({ name, desc });
     }
+    // Layers of the durable remote index that are not on local disk: remote-only, downloaded on demand.
+    const remoteOnly = new Set<string>();
+    for (const r of this.remote?.remoteOnlyLayers(new Set(found.map((f) => f.name))) ?? []) {
+      remoteOnly.add(r.name);
+      found.push({ name: r.name, desc: r.desc });
+      this.layerSizes.set(r.name, r.sizeBytes);
+    }
     // A crash inside level-0 compaction leaves inputs and (some) outputs side by side.
     const doomed = new Set(resolveInterruptedCompaction(found));
+    const loaded: Array<{ layer: PersistentLayer; sizeBytes: number }> = [];
     for (const { name, desc } of found) {
+      if (remoteOnly.has(name)) {
+        if (doomed.has(name)) {
+          this.layerSizes.delete(name);
+          continue;
+        }
+        const layer = new PersistentLayer(this.dir, desc, this.deps.indexCache === undefined ? {} : { cache: this.deps.indexCache });
+        this.remote!.adoptLayer(layer, this.layerSizes.get(name) ?? 0, false);
+        this.layers.insertHistoric(layer);
+        loaded.push({ layer, sizeBytes: this.layerSizes.get(name) ?? 0 });
+        continue;
+      }
       if (doomed.has(name)) {
         await unlink(join(this.dir, name));
         this.log.warn({ file: name }, "removed layer file left by an interrupted compaction");
@@ -345,7 +387,10 @@ export class Timeline implements DatadirReader, DatadirWriter {
       const layer = new PersistentLayer(this.dir, desc, this.deps.indexCache === undefined ? {} : { cache: this.deps.indexCache });
       this.layers.insertHistoric(layer);
       this.layerSizes.set(layer.fileName, (await stat(join(this.dir, name))).size);
+      this.remote?.adoptLayer(layer, this.layerSizes.get(layer.fileName) ?? 0, true);
+      loaded.push({ layer, sizeBytes: this.layerSizes.get(layer.fileName) ?? 0 });
     }
+    this.remote?.reconcile(loaded, this.meta);
   }
 
   setBroken(reason: string): void {
@@ -360,6 +405,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
   /** Starts the flush task. */
   activate(): void {
     if (this.state !== "active") return;
+    this.remote?.start();
     this.deps.tasks.spawn("layer_flush", { tenantId: this.tenantId, timelineId: this.timelineId, name: `flush ${this.timelineId}` }, (signal) => this.flushLoop(signal));
   }
 
@@ -380,6 +426,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
     for (const w of this.waiters) w.resolve();
     this.waiters = [];
     await this.deps.tasks.shutdown({ tenantId: this.tenantId, timelineId: this.timelineId });
+    await this.remote?.shutdown();
     await this.flushing.catch(() => undefined);
     this.openLayer?.close();
     this.openLayer = undefined;
@@ -524,6 +571,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
         this.layerSizes.set(persistent.fileName, written.header.fileSizeBytes);
         this.frozen.delete(layer);
         await this.persistDiskConsistent(info.lastRecordLsn, info.prevRecordLsn);
+        this.remote?.layersChanged([{ layer: persistent, sizeBytes: written.header.fileSizeBytes }], [], this.meta);
       } catch (e) {
         if (e instanceof StrataError && e.code === "cancelled") throw e;
         this.setBroken(`flush of in-memory layer at ${formatLsn(layer.startLsn)} failed: ${(e as Error).message}`);
@@ -536,7 +584,10 @@ export class Timeline implements DatadirReader, DatadirWriter {
     // Nothing in memory but the open layer: if it is empty too, everything up to last_record_lsn is on disk.
     if (this.frozen.size === 0 && (this.openLayer === undefined || this.openLayer.entries === 0) && this._lastRecordLsn > this.meta.diskConsistentLsn) {
       const openPut = this.openLayer?.lastPutLsn;
-      if (openPut === undefined) await this.persistDiskConsistent(this._lastRecordLsn, this._prevRecordLsn);
+      if (openPut === undefined) {
+        await this.persistDiskConsistent(this._lastRecordLsn, this._prevRecordLsn);
+        this.remote?.metadataChanged(this.meta);
+      }
     }
   }
 
@@ -547,12 +598,28 @@ export class Timeline implements DatadirReader, DatadirWriter {
     this.meta = meta;
   }
 
+  /**
+   * Durably records where a root timeline's history starts once its
+   * bootstrap (import of initdb output or a stopped cluster) is done: the
+   * initial LSN of the timeline JSON and the lower bound of backups and
+   * branch points. Only for a root that has none yet.
+   */
+  async setInitdbLsn(lsn: Lsn): Promise<void> {
+    if (this.ancestor !== undefined || this.meta.initdbLsn !== INVALID_LSN) {
+      throw new StrataError("invalid_argument", `Timeline ${this.timelineId} already has a start LSN (${formatLsn(this.meta.initdbLsn)}) or is a branch`);
+    }
+    const meta: TimelineMetadata = { ...this.meta, initdbLsn: lsn };
+    await writeMetadata(this.dir, meta);
+    this.meta = meta;
+  }
+
   /** Durably updates the GC cutoff (GC) — reads below it are refused afterwards. */
   async setGcCutoff(lsn: Lsn): Promise<void> {
     if (lsn <= this.meta.latestGcCutoffLsn) return;
     const meta: TimelineMetadata = { ...this.meta, latestGcCutoffLsn: lsn };
     await writeMetadata(this.dir, meta);
     this.meta = meta;
+    this.remote?.metadataChanged(meta);
   }
 
   private async flushLoop(signal: AbortSignal): Promise<void> {
@@ -592,6 +659,7 @@ export class Timeline implements DatadirReader, DatadirWriter {
       this.layerSizes.delete(r.fileName);
       this.retire(r, { deleteFile: true });
     }
+    this.remote?.layersChanged(add, remove, this.meta);
   }
 
   /**
@@ -629,6 +697,8 @@ export class Timeline implements DatadirReader, DatadirWriter {
     for (const l of list) {
       await closeLayer(l);
       if (l instanceof PersistentLayer && this.deleteOnClose.delete(l)) {
+        // A file whose upload is still queued is unlinked by the remote client after the upload.
+        if (this.remote?.releaseLocalFile(l.fileName, l.path) === true) continue;
         await unlink(l.path).catch(() => undefined);
         deleted = true;
       }

@@ -27,8 +27,9 @@
  *
  * Feedback: every FEEDBACK_INTERVAL_MS, and whenever the safekeeper asks in
  * a keepalive, the receiver sends last received / disk-consistent /
- * remote-consistent LSNs. Remote storage does not exist yet, so the remote
- * LSN is reported as 0 (the safekeeper then keeps all WAL — safe).
+ * remote-consistent LSNs. The remote-consistent LSN is the disk_consistent_lsn
+ * of the timeline's last durable remote index (remote/remote_timeline_client.ts),
+ * 0 without remote storage (the safekeeper then keeps all WAL — safe).
  *
  * Failures: a connection or protocol error ends the attempt; the loop
  * retries with exponential back-off (RECONNECT_BACKOFF_*), re-choosing the
@@ -253,7 +254,7 @@ export class WalReceiver {
       let received = start;
       const sendFeedback = () => {
         try {
-          stream.send({ kind: "PageserverFeedback", lastReceivedLsn: received, diskConsistentLsn: this.tl.diskConsistentLsn, remoteConsistentLsn: INVALID_LSN, replyTime: pgTimestampNow() });
+          stream.send({ kind: "PageserverFeedback", lastReceivedLsn: received, diskConsistentLsn: this.tl.diskConsistentLsn, remoteConsistentLsn: this.tl.remoteConsistentLsn, replyTime: pgTimestampNow() });
         } catch {
           // The stream ended; the loop notices.
         }

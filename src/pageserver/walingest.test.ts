@@ -35,6 +35,7 @@ import {
 import {
   CHECKPOINT_KEY,
   DBDIR_KEY,
+  LAST_COMMIT_KEY,
   SlruKind,
   relBlockKey,
   relDirKey,
@@ -48,6 +49,7 @@ import {
 } from "./key.js";
 import type { Value } from "./layers/value.js";
 import { WalIngest, fsmLeafToPhysical, fsmTruncateAvail, vmTruncatePage } from "./walingest.js";
+import { decodeLastCommit } from "./lsn_by_timestamp.js";
 
 const ctx = requestContext("other", new AbortController().signal);
 const REL: RelFileNode = { spcOid: 1663, dbOid: 5, relNumber: 16384 };
@@ -235,6 +237,25 @@ test("commit: clog bits for the xid and subxacts, dropped relations leave the re
   assert.equal(decodeRelSize(store.image(relSizeKey(main()))), undefined);
   assert.equal(decodeRelSize(store.image(relSizeKey({ ...REL, fork: 1 }))), undefined);
   assert.equal(ingest.ingestCounters!.nextFullXid, (1n << 32n) | 40001n);
+});
+
+test("every COMMIT records (commit time, end LSN, xid) under the last-commit key; ABORT does not", async () => {
+  const { store, ingest, rec } = await setup();
+  const withTime = (info: number, xid: number, timeUs: bigint) => {
+    const spec = xactCompletion(info, xid, [], []);
+    new DataView(spec.mainData!.buffer, spec.mainData!.byteOffset).setBigInt64(0, timeUs, true);
+    return spec;
+  };
+  const c1 = rec(withTime(0x00, 1001, 817_000_000_000_001n));
+  await ingest.ingestRecord(c1, ctx);
+  assert.deepEqual(decodeLastCommit(store.image(LAST_COMMIT_KEY)), { timestampUs: 817_000_000_000_001n, endLsn: lsnAlign(c1.endLsn), xid: 1001 });
+  await ingest.ingestRecord(rec(withTime(0x20, 1002, 817_000_000_000_002n)), ctx); // ABORT
+  assert.equal(store.versions.get(LAST_COMMIT_KEY)!.length, 1, "an abort changes no visible state");
+  const c3 = rec(withTime(0x00, 1003, 817_000_000_000_003n));
+  await ingest.ingestRecord(c3, ctx);
+  const v = store.versions.get(LAST_COMMIT_KEY)!;
+  assert.deepEqual(v.map((x) => x.lsn), [lsnAlign(c1.endLsn), lsnAlign(c3.endLsn)], "stored at each commit's end");
+  assert.equal(decodeLastCommit(store.image(LAST_COMMIT_KEY)).xid, 1003);
 });
 
 test("next XID follows AdvanceNextFullTransactionIdPastXid across the epoch boundary; checkpoint value carries the counters", async () => {

@@ -19,7 +19,9 @@
  *      commit/abort), database create/drop, relmapper files, clog bits (as
  *      native records on clog pages), multixact offsets/members, SLRU page
  *      creation and truncation, visibility-map bits cleared by heap records,
- *      two-phase state files, checkpoints, counters.
+ *      two-phase state files, checkpoints, counters, and the last commit
+ *      (timestamp and end LSN of every COMMIT / COMMIT PREPARED, for
+ *      get_lsn_by_timestamp: lsn_by_timestamp.ts).
  *   3. **Skipped deliberately**, each with its reason at the `skip` call.
  * An unknown resource manager or record type is a StrataError that stops the
  * ingest: never silent loss.
@@ -133,6 +135,7 @@ import {
   CONTROLFILE_KEY,
   DBDIR_KEY,
   FORK_FSM,
+  LAST_COMMIT_KEY,
   FORK_MAIN,
   FORK_VM,
   SlruKind,
@@ -148,6 +151,7 @@ import {
   type Key,
   type RelTag,
 } from "./key.js";
+import { encodeLastCommit } from "./lsn_by_timestamp.js";
 
 // ------------------------------------------------------------------ limits
 
@@ -704,6 +708,11 @@ export class WalIngest {
 
     // relations dropped at commit, or whose creation the abort undoes
     for (const rel of body.droppedRels) await this.dropRelation(rel, mod);
+
+    // the record of commits for get_lsn_by_timestamp (lsn_by_timestamp.ts); aborts change no visible state
+    if (status === TRANSACTION_STATUS_COMMITTED) {
+      mod.put(LAST_COMMIT_KEY, { kind: "image", bytes: encodeLastCommit({ timestampUs: body.xactTime, endLsn: mod.lsn, xid }) });
+    }
 
     if (body.type === "COMMIT_PREPARED" || body.type === "ABORT_PREPARED") {
       const dir = await this.getTwoPhaseDir(mod);

@@ -4,8 +4,10 @@
  *
  * Scope: protocol 3.0 over plain TCP; trust, cleartext-password and
  * SCRAM-SHA-256 authentication; the simple query protocol with text results;
- * physical replication (START_REPLICATION in CopyBoth mode). No TLS, no
- * extended query protocol, no COPY. The socket is driven by the pure codec
+ * physical replication (START_REPLICATION in CopyBoth mode); COPY OUT
+ * (`copyOut`: a command answered with CopyOutResponse and CopyData, e.g.
+ * the pageserver's basebackup). No TLS, no extended query protocol, no
+ * COPY IN. The socket is driven by the pure codec
  * (`parser.ts`, `messages.ts`, `replication.ts`, `scram.ts`); this module only
  * sequences it.
  *
@@ -427,6 +429,71 @@ export class PgClient {
         }
       }
     });
+  }
+
+  /**
+   * Runs `sql`, which the server must answer with CopyOutResponse, and
+   * yields each CopyData payload as it arrives; returns the CommandComplete
+   * tag. Back-pressure: payloads not yet consumed pause the socket beyond
+   * MAX_QUEUED_MESSAGES, so a slow consumer slows the server down. An
+   * ErrorResponse (before or during the copy) is thrown as PgServerError
+   * once the server is ready again (the connection stays usable). Ending
+   * the iteration early (break, an exception in the consumer) or `signal`
+   * closes the connection: the server is still sending.
+   */
+  async *copyOut(sql: string, opts: { signal?: AbortSignal } = {}): AsyncGenerator<Buffer, { commandTag: string }, undefined> {
+    assert(!this.busy, "PgClient: copyOut while another operation is running");
+    if (this.failure) throw this.failure;
+    opts.signal?.throwIfAborted();
+    this.busy = true;
+    const onAbort = () => this.fail(new StrataError("cancelled", `COPY OUT ${JSON.stringify(sql)} on ${this.addr} was cancelled`));
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    let settled = false;
+    const serverError = async (fields: ErrorFields): Promise<PgServerError> => {
+      const e = new PgServerError(fields, `Query ${JSON.stringify(sql)}`);
+      try {
+        await this.readUntilReady();
+        settled = true;
+      } catch {
+        /* FATAL: the server closed the connection; its error is the one to report */
+      }
+      return e;
+    };
+    try {
+      this.write(serializeFrontend({ kind: "Query", sql }));
+      for (;;) {
+        const m = await this.read();
+        if (m.kind === "CopyOutResponse") break;
+        if (m.kind === "ErrorResponse") throw await serverError(m.fields);
+        throw this.unexpected(m, "a COPY OUT command (before CopyOutResponse)");
+      }
+      for (;;) {
+        const m = await this.read();
+        if (m.kind === "CopyData") {
+          yield m.data;
+          continue;
+        }
+        if (m.kind === "CopyDone") break;
+        if (m.kind === "ErrorResponse") throw await serverError(m.fields);
+        throw this.unexpected(m, "COPY OUT");
+      }
+      let commandTag = "";
+      let error: PgServerError | null = null;
+      for (;;) {
+        const m = await this.read();
+        if (m.kind === "CommandComplete") commandTag = m.tag;
+        else if (m.kind === "ErrorResponse") error = new PgServerError(m.fields, `Query ${JSON.stringify(sql)}`);
+        else if (m.kind === "ReadyForQuery") break;
+        else throw this.unexpected(m, "the end of COPY OUT");
+      }
+      settled = true;
+      if (error) throw error;
+      return { commandTag };
+    } finally {
+      opts.signal?.removeEventListener("abort", onAbort);
+      this.busy = false;
+      if (!settled) this.fail(new StrataError("cancelled", `COPY OUT ${JSON.stringify(sql)} on ${this.addr} ended before the server finished; connection closed`));
+    }
   }
 
   /** IDENTIFY_SYSTEM on a replication connection. */

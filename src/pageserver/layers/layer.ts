@@ -12,6 +12,11 @@
  * the file on first read. Opening checks that the header agrees with the
  * name: a file renamed by hand or damaged is corrupt_data, never served.
  * (Closing idle readers under a descriptor budget is for the eviction work.)
+ *
+ * With remote storage a layer has a `residence` (residence.ts): the file may
+ * be remote-only (evicted, or not yet downloaded after an attach), and the
+ * first read downloads it. Reads through `getValues` are counted so eviction
+ * never closes a reader in use.
  */
 import { join } from "node:path";
 import { StrataError } from "../../lib/errors.js";
@@ -19,6 +24,7 @@ import type { Key } from "../key.js";
 import { DeltaLayerReader } from "./delta_layer.js";
 import { ImageLayerReader } from "./image_layer.js";
 import type { IndexPageCache } from "./page_cache.js";
+import type { LayerResidence } from "./residence.js";
 import { formatLayerFileName, parseLayerFileName, type LayerDesc } from "./layer_name.js";
 import { formatKeyRange, formatLsnRange, type LsnRange } from "./range.js";
 import type { GetValuesOptions, ValueEntry } from "./value.js";
@@ -36,6 +42,8 @@ export type LayerFileReaderOf = DeltaLayerReader | ImageLayerReader;
 export class PersistentLayer implements Layer {
   readonly fileName: string;
   private opening: Promise<LayerFileReaderOf> | undefined;
+  /** Set when the timeline has remote storage: whether the file is local, download on demand, access time. */
+  residence: LayerResidence | undefined;
 
   constructor(
     readonly dir: string,
@@ -60,6 +68,7 @@ export class PersistentLayer implements Layer {
 
   /** The opened reader (shared by concurrent callers; a failed open is retried next time). */
   async reader(): Promise<LayerFileReaderOf> {
+    if (this.residence !== undefined && !this.residence.resident) await this.residence.ensureResident();
     if (this.opening === undefined) {
       const p = this.open();
       this.opening = p;
@@ -71,7 +80,21 @@ export class PersistentLayer implements Layer {
   }
 
   async getValues(key: Key, lsnRange: LsnRange, opts: GetValuesOptions = {}): Promise<ValueEntry[]> {
-    return (await this.reader()).getValues(key, lsnRange, opts);
+    const r = this.residence;
+    if (r === undefined) return (await this.reader()).getValues(key, lsnRange, opts);
+    r.inflightReads++;
+    r.touch();
+    try {
+      return await (await this.reader()).getValues(key, lsnRange, opts);
+    } finally {
+      r.inflightReads--;
+    }
+  }
+
+  /** Evicts the local file (remote storage keeps it); false when not possible now (not resident, read in flight). */
+  async evict(): Promise<boolean> {
+    if (this.residence === undefined) return false;
+    return this.residence.evict(() => this.close());
   }
 
   async close(): Promise<void> {
