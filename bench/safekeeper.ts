@@ -2,6 +2,7 @@
  * Benchmark: what a strata safekeeper costs a committing PostgreSQL.
  *
  *   node dist/bench/safekeeper.js [--duration S] [--clients N] [--scale N] [--rounds R]
+ *                                 [--baseline-main PATH/dist/src/cli/main.js]
  *
  * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
  * load, synchronous_commit = on, in three set-ups on the same machine in one
@@ -15,6 +16,12 @@
  * transaction log. Then the ratios a/b and a/c of TPS (goal: a/b >= 1.0).
  * `--rounds` repeats the a/b/c sequence (alternating cancels drift in the
  * machine's load); figures are per round and their median.
+ * `--baseline-main` adds (a0): the same as (a) with another build of strata
+ * (e.g. the last commit, unpacked and built elsewhere), run in the same
+ * rounds, so a change's effect is measured under the same machine load.
+ * For the standby process the bench prints its CPU per transaction (user +
+ * system, from /proc) and, for strata, the fsyncs per transaction (from its
+ * metrics): group commit shows there.
  *
  * Runs on demand only, never in the test suite.
  */
@@ -36,11 +43,17 @@ const DURATION_S = arg("--duration", 15);
 const CLIENTS = arg("--clients", 8);
 const SCALE = arg("--scale", 5);
 const ROUNDS = arg("--rounds", 1);
+const BASELINE_MAIN = (() => {
+  const i = process.argv.indexOf("--baseline-main");
+  return i >= 0 ? process.argv[i + 1] : undefined;
+})();
 
 interface Result {
   mode: string;
-  /** CPU seconds the standby process (safekeeper or pg_receivewal) used during the run. */
-  standbyCpuS?: number;
+  /** CPU seconds (user, system) the standby process (safekeeper or pg_receivewal) used during the run. */
+  standbyCpuS?: { user: number; sys: number };
+  /** Safekeeper fsyncs during the run. */
+  fsyncs?: number;
   tps: number;
   p50Ms: number;
   p99Ms: number;
@@ -50,11 +63,11 @@ interface Result {
 /** USER_HZ on Linux. */
 const CLOCK_TICKS_PER_SECOND = 100;
 
-/** utime + stime of a process, in seconds. */
-async function cpuSeconds(pid: number): Promise<number> {
+/** utime and stime of a process, in seconds. */
+async function cpuSeconds(pid: number): Promise<{ user: number; sys: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+  return { user: Number(fields[11]) / CLOCK_TICKS_PER_SECOND, sys: Number(fields[12]) / CLOCK_TICKS_PER_SECOND };
 }
 
 /** Runs `fn` and adds the CPU time process `pid` used meanwhile. */
@@ -62,7 +75,16 @@ async function withCpu(pid: number | undefined, fn: () => Promise<Result>): Prom
   if (pid === undefined) return await fn();
   const before = await cpuSeconds(pid);
   const r = await fn();
-  return { ...r, standbyCpuS: (await cpuSeconds(pid)) - before };
+  const after = await cpuSeconds(pid);
+  return { ...r, standbyCpuS: { user: after.user - before.user, sys: after.sys - before.sys } };
+}
+
+/** The safekeeper's fsync counter (all timelines). */
+async function fsyncCount(httpPort: number): Promise<number> {
+  const text = (await http(httpPort, "GET", "/metrics")).text;
+  let n = 0;
+  for (const line of text.split("\n")) if (line.startsWith("strata_safekeeper_fsyncs_total{")) n += Number(line.slice(line.lastIndexOf(" ") + 1));
+  return n;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -103,18 +125,20 @@ async function waitSync(pg: PgServer, app: string): Promise<void> {
   await waitFor(`${app} to be the synchronous standby`, async () => (await pg.sql(`SELECT count(*) FROM pg_stat_replication WHERE application_name = '${app}' AND sync_state = 'sync'`)) === "1", 30_000, 100);
 }
 
-async function runStrata(pg: PgServer): Promise<Result> {
+async function runStrata(pg: PgServer, mode = "a: strata safekeeper", mainJs?: string): Promise<Result> {
   const dataDir = await makeTempDir("bench-sk");
   const pgPort = await freePort();
   const httpPort = await freePort();
   let child: ChildSafekeeper | undefined;
   try {
-    child = await startChild({ id: 1, dataDir, pgPort, httpPort });
+    child = await startChild({ id: 1, dataDir, pgPort, httpPort, ...(mainJs !== undefined ? { mainJs } : {}) });
     const r = await http(httpPort, "PUT", `/v1/tenant/${generateTenantId()}/timeline/${generateTimelineId()}/compute`, { connstr: pg.connString(), term: 1 });
     if (r.status !== 201) throw new Error(`register: ${r.status} ${r.text}`);
     await setSyncNames(pg, "sk_1");
     await waitSync(pg, "sk_1");
-    return await withCpu(child.proc.pid, () => pgbenchRun(pg, "a: strata safekeeper"));
+    const f0 = await fsyncCount(httpPort);
+    const r2 = await withCpu(child.proc.pid, () => pgbenchRun(pg, mode));
+    return { ...r2, fsyncs: (await fsyncCount(httpPort)) - f0 };
   } finally {
     await setSyncNames(pg, "");
     if (child) await stopChild(child);
@@ -151,7 +175,10 @@ async function runAsync(pg: PgServer): Promise<Result> {
 }
 
 function fmt(r: Result): string {
-  return `${r.mode.padEnd(32)} ${r.tps.toFixed(0).padStart(7)} tps   p50 ${r.p50Ms.toFixed(2).padStart(7)} ms   p99 ${r.p99Ms.toFixed(2).padStart(7)} ms   (${r.transactions} tx${r.standbyCpuS !== undefined ? `, standby CPU ${((r.standbyCpuS * 1e6) / r.transactions).toFixed(0)} us/tx` : ""})`;
+  const perTx = (s: number) => ((s * 1e6) / r.transactions).toFixed(0);
+  const cpu = r.standbyCpuS === undefined ? "" : `, standby CPU ${perTx(r.standbyCpuS.user + r.standbyCpuS.sys)} us/tx (user ${perTx(r.standbyCpuS.user)}, sys ${perTx(r.standbyCpuS.sys)})`;
+  const fs = r.fsyncs === undefined ? "" : `, ${(r.fsyncs / r.transactions).toFixed(2)} fsyncs/tx`;
+  return `${r.mode.padEnd(32)} ${r.tps.toFixed(0).padStart(7)} tps   p50 ${r.p50Ms.toFixed(2).padStart(7)} ms   p99 ${r.p99Ms.toFixed(2).padStart(7)} ms   (${r.transactions} tx${cpu}${fs})`;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -162,7 +189,13 @@ async function main(): Promise<void> {
   try {
     await pg.pgbench(["-i", "-s", String(SCALE), "-q"]);
     const rounds: Result[][] = [];
+    const baseline: Result[] = [];
     for (let i = 0; i < ROUNDS; i++) {
+      if (BASELINE_MAIN !== undefined) {
+        const a0 = await runStrata(pg, "a0: strata safekeeper (baseline)", BASELINE_MAIN);
+        console.log(fmt(a0));
+        baseline.push(a0);
+      }
       const a = await runStrata(pg);
       console.log(fmt(a));
       const b = await runReceivewal(pg);
@@ -170,11 +203,21 @@ async function main(): Promise<void> {
       const c = await runAsync(pg);
       console.log(fmt(c));
       rounds.push([a, b, c]);
-      console.log(`round ${i + 1}: a/b = ${(a.tps / b.tps).toFixed(2)}  a/c = ${(a.tps / c.tps).toFixed(2)}  (p50 a/b ${(a.p50Ms / b.p50Ms).toFixed(2)})`);
+      const a0 = baseline[i];
+      console.log(
+        `round ${i + 1}: a/b = ${(a.tps / b.tps).toFixed(2)}  a/c = ${(a.tps / c.tps).toFixed(2)}  (p50 a/b ${(a.p50Ms / b.p50Ms).toFixed(2)})` +
+          (a0 !== undefined ? `  baseline a0/b = ${(a0.tps / b.tps).toFixed(2)}` : ""),
+      );
     }
     if (ROUNDS > 1) {
       const m = (k: number) => median(rounds.map((r) => r[k]!.tps));
       console.log(`median: a ${m(0).toFixed(0)} tps, b ${m(1).toFixed(0)} tps, c ${m(2).toFixed(0)} tps; a/b = ${(m(0) / m(1)).toFixed(2)}  a/c = ${(m(0) / m(2)).toFixed(2)}`);
+      if (baseline.length > 0) {
+        const cpu = (r: Result) => ((r.standbyCpuS!.user + r.standbyCpuS!.sys) * 1e6) / r.transactions;
+        console.log(
+          `median baseline a0: ${median(baseline.map((r) => r.tps)).toFixed(0)} tps, ${median(baseline.map(cpu)).toFixed(0)} us/tx; a: ${median(rounds.map((r) => cpu(r[0]!))).toFixed(0)} us/tx; b: ${median(rounds.map((r) => cpu(r[1]!))).toFixed(0)} us/tx`,
+        );
+      }
     }
   } finally {
     await pg.destroy();

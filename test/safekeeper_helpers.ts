@@ -148,12 +148,14 @@ export interface ChildSafekeeper {
 
 const MAIN_JS = resolve("dist/src/cli/main.js");
 
-export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number }): Promise<ChildSafekeeper> {
-  await stat(MAIN_JS);
+/** `mainJs`: another build's dist/src/cli/main.js (the benchmark compares builds); default this one. */
+export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string }): Promise<ChildSafekeeper> {
+  const mainJs = args.mainJs ?? MAIN_JS;
+  await stat(mainJs);
   await mkdir(args.dataDir, { recursive: true });
   const proc = spawn(
     process.execPath,
-    [MAIN_JS, "safekeeper", "--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort), "--log-level", "info"],
+    [mainJs, "safekeeper", "--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort), "--log-level", "info"],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   let err = "";

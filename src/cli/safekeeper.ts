@@ -4,6 +4,7 @@
  *   strata safekeeper --id 1 --datadir /var/lib/strata/sk1 --pg-port 5454 --http-port 7676
  *                     [--listen-host 127.0.0.1] [--peers 2=host:5455:7677,3=host:5456:7678]
  *                     [--password SECRET] [--config sk.toml] [--log-level info]
+ *                     [--remote-storage file:///path | s3://bucket/prefix?... | azure://container/prefix?...]
  *
  * Flags override the TOML file (keys in src/safekeeper/config.ts). Logs are
  * JSON lines on stderr. SIGTERM / SIGINT stop it gracefully (listeners
@@ -28,6 +29,7 @@ interface Flags {
   config?: string;
   logLevel?: string;
   walFsync?: string;
+  remoteStorage?: string;
 }
 
 export function register(program: Command): void {
@@ -44,6 +46,7 @@ export function register(program: Command): void {
     .option("--config <file>", "TOML configuration file (flags override it)")
     .option("--log-level <level>", "log level (trace, debug, info, warn, error)")
     .option("--wal-fsync <mode>", "inline (default: lowest commit latency) or background (many busy timelines)")
+    .option("--remote-storage <url>", "offload finished WAL segments to file:///path, s3://bucket/prefix?... or azure://container/prefix?... (under wal/<tenant>/<timeline>/)")
     .addHelpText(
       "after",
       `
@@ -72,6 +75,7 @@ Stream WAL from it (pg_receivewal, a hot standby's primary_conninfo, a pageserve
             password: flags.password,
             logLevel: flags.logLevel,
             walFsync: flags.walFsync,
+            remoteStorage: flags.remoteStorage,
           },
           toml,
         );

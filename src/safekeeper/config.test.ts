@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parse as parseToml } from "smol-toml";
 import { buildConfig, parsePeer } from "./config.js";
+import { parseRemoteStorageConfig } from "../remote_storage/config.js";
 import { parseConnString, parseWalSegmentSize } from "./wal_acceptor.js";
 import { formatGucBytes } from "./wal_service.js";
 import { redactConnstr } from "./http_api.js";
@@ -28,6 +29,21 @@ test("config: flags over TOML, defaults, precise errors", () => {
   assert.equal(c.walFsync, "inline");
   assert.equal(buildConfig({ id: 1, datadir: "/x", walFsync: "background" }).walFsync, "background");
   assert.throws(() => buildConfig({ id: 1, datadir: "/x", walFsync: "never" }), /Invalid wal_fsync "never"/);
+});
+
+test("config: remote_storage as a flag URL, a TOML URL or a TOML table (parsed by remote_storage/config.ts); bad ones refused", () => {
+  assert.equal(buildConfig({ id: 1, datadir: "/x" }).remoteStorage, undefined);
+  const flag = buildConfig({ id: 1, datadir: "/x", remoteStorage: "s3://bkt/sk/wal?endpoint=http://127.0.0.1:9000&force_path_style=true" }).remoteStorage;
+  assert.equal(parseRemoteStorageConfig(flag).kind, "s3");
+  const url = parseRemoteStorageConfig(buildConfig({}, { id: 1, datadir: "/x", remote_storage: "file:///var/remote" }).remoteStorage);
+  assert.deepEqual(url.kind === "local" ? url.root : undefined, "/var/remote");
+  const table = parseToml(`id = 1\ndatadir = "/x"\n[remote_storage]\nkind = "azure"\ncontainer = "wal-container"\nprefix = "p"\naccount = "a"\n`) as Record<string, unknown>;
+  assert.equal(parseRemoteStorageConfig(buildConfig({}, table).remoteStorage).kind, "azure");
+  // The flag wins over the file.
+  assert.equal(buildConfig({ remoteStorage: "file:///flag" }, { id: 1, datadir: "/x", remote_storage: "file:///toml" }).remoteStorage, "file:///flag");
+  assert.throws(() => buildConfig({ id: 1, datadir: "/x", remoteStorage: "ftp://host/x" }), /Invalid remote_storage "ftp:\/\/host\/x"/);
+  assert.throws(() => buildConfig({}, { id: 1, datadir: "/x", remote_storage: 7 }), /must be a URL string or a table/);
+  assert.throws(() => parseRemoteStorageConfig(buildConfig({ id: 1, datadir: "/x", remoteStorage: "file://relative" }).remoteStorage), /file URLs must not name a host/);
 });
 
 test("connection strings: key=value with quoting, URIs, refusals", () => {

@@ -16,6 +16,9 @@
  *   wal_fsync = "inline"            # "inline": fsync on the event loop (lowest commit latency, like
  *                                   # pg_receivewal); "background": on the thread pool, so fsyncs of
  *                                   # many busy timelines overlap (see inline_fs.ts)
+ *   remote_storage = "s3://bucket/prefix?endpoint=...&force_path_style=true"
+ *                                   # WAL offload (wal_backup.ts): a URL, or a [remote_storage] table,
+ *                                   # as in docs/remote-storage.md; segments go to wal/<tenant>/<timeline>/
  *
  * `peers` empty means this safekeeper is the only member of every timeline's
  * safekeeper set: commit_lsn is its own flush record LSN. With peers, the
@@ -44,6 +47,14 @@ export interface SafekeeperConfig {
   readonly logLevel: string;
   /** Where WAL fsyncs run (inline_fs.ts). */
   readonly walFsync: WalFsyncMode;
+  /**
+   * Where finished WAL segments are offloaded (wal_backup.ts): a URL or a
+   * TOML table as docs/remote-storage.md describes; undefined = no offload.
+   * Only its shape is checked here; the safekeeper parses it fully when it
+   * starts, loading the storage SDKs only then (they cost ~0.4 s of CPU per
+   * process start, which every safekeeper without remote storage is spared).
+   */
+  readonly remoteStorage: string | Readonly<Record<string, unknown>> | undefined;
 }
 
 export type WalFsyncMode = "inline" | "background";
@@ -65,6 +76,8 @@ export interface SafekeeperConfigInput {
   password?: string;
   logLevel?: string;
   walFsync?: string;
+  /** A remote storage URL (file://, s3://, azure://). */
+  remoteStorage?: string;
 }
 
 function bad(message: string): StrataError {
@@ -91,7 +104,7 @@ export function parsePeer(text: string): PeerConfig {
 
 /** Merges flags over a TOML document and validates the result. */
 export function buildConfig(flags: SafekeeperConfigInput, toml: Record<string, unknown> = {}): SafekeeperConfig {
-  const known = new Set(["id", "datadir", "listen_host", "pg_port", "http_port", "peers", "password", "log_level", "wal_fsync"]);
+  const known = new Set(["id", "datadir", "listen_host", "pg_port", "http_port", "peers", "password", "log_level", "wal_fsync", "remote_storage"]);
   for (const k of Object.keys(toml)) if (!known.has(k)) throw bad(`Unknown configuration key ${JSON.stringify(k)}`);
   const pick = <T>(flag: T | undefined, key: string): unknown => (flag !== undefined ? flag : toml[key]);
   const str = (v: unknown, name: string): string | undefined => {
@@ -123,6 +136,16 @@ export function buildConfig(flags: SafekeeperConfigInput, toml: Record<string, u
   }
   const walFsync = str(pick(flags.walFsync, "wal_fsync"), "wal_fsync") ?? "inline";
   if (walFsync !== "inline" && walFsync !== "background") throw bad(`Invalid wal_fsync ${JSON.stringify(walFsync)}: expected "inline" or "background"`);
+  const remoteRaw = pick(flags.remoteStorage, "remote_storage");
+  let remoteStorage: string | Readonly<Record<string, unknown>> | undefined;
+  if (typeof remoteRaw === "string") {
+    if (!/^(file|s3|azure):\/\//.test(remoteRaw)) throw bad(`Invalid remote_storage ${JSON.stringify(remoteRaw)}: expected file:///path, s3://bucket/prefix or azure://container/prefix`);
+    remoteStorage = remoteRaw;
+  } else if (typeof remoteRaw === "object" && remoteRaw !== null && !Array.isArray(remoteRaw)) {
+    remoteStorage = remoteRaw as Record<string, unknown>;
+  } else if (remoteRaw !== undefined) {
+    throw bad("Configuration remote_storage must be a URL string or a table");
+  }
   const pgPort = num(pick(flags.pgPort, "pg_port"), "pg_port");
   const httpPort = num(pick(flags.httpPort, "http_port"), "http_port");
   return {
@@ -135,6 +158,7 @@ export function buildConfig(flags: SafekeeperConfigInput, toml: Record<string, u
     password: str(pick(flags.password, "password"), "password"),
     logLevel: str(pick(flags.logLevel, "log_level"), "log_level") ?? "info",
     walFsync,
+    remoteStorage,
   };
 }
 

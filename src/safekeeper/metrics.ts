@@ -22,6 +22,11 @@ export class SafekeeperMetrics {
   readonly computeConnected: Gauge<"tenant_id" | "timeline_id">;
   readonly consumerLagBytes: Gauge<"tenant_id" | "timeline_id" | "consumer">;
   readonly protocolErrors: Counter;
+  readonly backupLsn: Gauge<"tenant_id" | "timeline_id">;
+  readonly walBackupSegments: Counter<"tenant_id" | "timeline_id">;
+  readonly walBackupBytes: Counter<"tenant_id" | "timeline_id">;
+  readonly walBackupErrors: Counter<"tenant_id" | "timeline_id">;
+  readonly remoteWalDownloads: Counter<"tenant_id" | "timeline_id">;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -90,11 +95,43 @@ export class SafekeeperMetrics {
       help: "libpq connections closed because the client broke the protocol",
       registers,
     });
+    this.backupLsn = new Gauge({
+      name: "strata_safekeeper_backup_lsn",
+      help: "End of the WAL offloaded to remote storage (LSN as a number); retention keeps WAL above it",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.walBackupSegments = new Counter({
+      name: "strata_safekeeper_wal_backup_segments_total",
+      help: "WAL segments uploaded to remote storage",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.walBackupBytes = new Counter({
+      name: "strata_safekeeper_wal_backup_bytes_total",
+      help: "WAL bytes uploaded to remote storage",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.walBackupErrors = new Counter({
+      name: "strata_safekeeper_wal_backup_errors_total",
+      help: "Failed WAL segment uploads (after the storage's own retries); each is retried with backoff",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
+    this.remoteWalDownloads = new Counter({
+      name: "strata_safekeeper_remote_wal_downloads_total",
+      help: "WAL segments downloaded from remote storage to serve consumers asking for WAL older than the local files",
+      labelNames: ["tenant_id", "timeline_id"],
+      registers,
+    });
   }
 
   /** Drops every per-timeline series of a deleted timeline. */
   forgetTimeline(tenantId: string, timelineId: string): void {
     const labels = { tenant_id: tenantId, timeline_id: timelineId };
-    for (const m of [this.walReceivedBytes, this.fsyncs, this.flushLsn, this.commitLsn, this.term, this.computeConnected]) m.remove(labels);
+    for (const m of [this.walReceivedBytes, this.fsyncs, this.flushLsn, this.commitLsn, this.term, this.computeConnected, this.backupLsn, this.walBackupSegments, this.walBackupBytes, this.walBackupErrors, this.remoteWalDownloads]) {
+      m.remove(labels);
+    }
   }
 }

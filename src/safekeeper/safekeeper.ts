@@ -27,6 +27,12 @@
  * fsyncs on the event loop, config `wal_fsync`) unless a DurableFS is passed
  * (tests pass a FaultyFS).
  *
+ * WAL offload (wal_backup.ts): with `remote_storage` configured (or a
+ * RemoteStorage passed in, as tests do), every timeline gets a "backup"
+ * task uploading its finished segments; retention then waits for
+ * backup_lsn, and consumers asking for WAL older than the local segments
+ * are served from remote storage. The storage is closed at stop.
+ *
  * Timeline creation is serialized per id (the timeline directory's create is
  * not safe against a concurrent create of the same id).
  */
@@ -48,6 +54,8 @@ import { TimelineStore } from "./timeline_dir.js";
 import { CONNECT_TIMEOUT_MS, parseConnString, probeCompute, runWalAcceptor, timelineStartFor } from "./wal_acceptor.js";
 import { WalService } from "./wal_service.js";
 import type { Lsn } from "../lib/lsn.js";
+import type { RemoteStorage } from "../remote_storage/remote_storage.js";
+import { fetchRemoteSegment, runWalBackup } from "./wal_backup.js";
 
 /** Bound on waiting for tasks at shutdown (below a supervisor's typical kill timeout). */
 export const SHUTDOWN_TIMEOUT_MS = 10_000;
@@ -68,6 +76,8 @@ export interface SafekeeperOptions {
   registry?: Registry;
   fs?: DurableFS;
   extensions?: readonly SafekeeperExtension[];
+  /** WAL offload target, instead of the one `config.remoteStorage` names (tests pass fault-injecting wrappers). */
+  remoteStorage?: RemoteStorage;
 }
 
 /** How often old WAL segments are looked for; removal is cheap and nothing waits for it. */
@@ -88,6 +98,8 @@ export class Safekeeper {
   private readonly creating = new Map<string, Promise<Timeline>>();
   private readonly acceptors = new Map<string, { cancel: () => void; done: Promise<void>; term: Term }>();
   private readonly extensions: readonly SafekeeperExtension[];
+  /** Where WAL is offloaded; undefined = no offload. Set in start(), before any timeline opens. */
+  remoteStorage: RemoteStorage | undefined;
   private walService: WalService | undefined;
   private http: FastifyInstance | undefined;
   private stopping = false;
@@ -100,12 +112,18 @@ export class Safekeeper {
     this.tasks = new TaskManager(this.log);
     this.fs = opts.fs ?? new InlineIoFS({ inlineFsync: opts.config.walFsync === "inline" });
     this.extensions = opts.extensions ?? [];
+    this.remoteStorage = opts.remoteStorage;
   }
 
   /** Opens the timelines and starts serving. On failure everything started is stopped again. */
   static async start(opts: SafekeeperOptions): Promise<Safekeeper> {
     const sk = new Safekeeper(opts);
     try {
+      if (sk.remoteStorage === undefined && sk.config.remoteStorage !== undefined) {
+        // Loaded on demand: the storage SDKs are large (see config.ts).
+        const { createRemoteStorage, parseRemoteStorageConfig } = await import("../remote_storage/config.js");
+        sk.remoteStorage = createRemoteStorage(parseRemoteStorageConfig(sk.config.remoteStorage));
+      }
       await sk.fs.mkdir(sk.config.dataDir);
       for (const ref of await TimelineStore.list(sk.fs, sk.config.dataDir)) {
         const tl = await Timeline.open(ref.tenantId, ref.timelineId, sk.timelineOptions());
@@ -148,12 +166,33 @@ export class Safekeeper {
   }
 
   private timelineOptions() {
-    return { fs: this.fs, root: this.config.dataDir, metrics: this.metrics, log: this.log, soloCommit: this.soloCommit };
+    const storage = this.remoteStorage;
+    return {
+      fs: this.fs,
+      root: this.config.dataDir,
+      metrics: this.metrics,
+      log: this.log,
+      soloCommit: this.soloCommit,
+      ...(storage === undefined
+        ? {}
+        : {
+            remoteWal: {
+              fetchSegment: (tenantId: TenantId, timelineId: TimelineId, segNo: bigint, walSegSizeBytes: number) =>
+                fetchRemoteSegment(storage, tenantId, timelineId, segNo, walSegSizeBytes),
+            },
+          }),
+    };
   }
 
   private adopt(tl: Timeline): void {
     this.timelines.set(key(tl.tenantId, tl.timelineId), tl);
     tl.events.on("compute", () => this.startAcceptor(tl));
+    const storage = this.remoteStorage;
+    if (storage !== undefined && !this.stopping) {
+      this.tasks.spawn("backup", { tenantId: tl.tenantId, timelineId: tl.timelineId, name: `wal_backup ${key(tl.tenantId, tl.timelineId)}` }, (signal) =>
+        runWalBackup(tl, { storage, metrics: this.metrics, log: this.log }, signal),
+      );
+    }
   }
 
   listTimelines(): Timeline[] {
@@ -306,6 +345,7 @@ export class Safekeeper {
     for (const tl of this.timelines.values()) {
       await tl.close().catch((e: unknown) => this.log.warn({ tenant_id: tl.tenantId, timeline_id: tl.timelineId, ...errorFields(e) }, "timeline close failed"));
     }
+    await this.remoteStorage?.close().catch((e: unknown) => this.log.warn(errorFields(e), "remote storage close failed"));
     this.log.info({ stuck_tasks: stuck.length }, "safekeeper stopped");
   }
 }

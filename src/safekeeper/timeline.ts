@@ -41,8 +41,15 @@
  *   term, so the vote's position covers every byte later reported flushed.
  * * A compute's WAL is accepted only once the history up to the flush LSN
  *   ends with its term (this safekeeper's WAL reached the term's start).
- * * flushRecordLsn is exact: when WalStorage does not know the last record
- *   end it is found by decoding (exactFlushRecordLsn), cached per flush LSN.
+ * * flushRecordLsn is exact and cheap: WalStorage tracks the last record
+ *   boundary incrementally, through truncations and restarts.
+ *
+ * WAL offload (wal_backup.ts), when remote storage is configured
+ * (`remoteWal`): the backup loop uploads complete segments below commit_lsn
+ * and stores backup_lsn (`setBackupLsn`, fsynced before it returns);
+ * retention then also keeps everything at and above backup_lsn, and reads
+ * below the oldest local segment are served from remote storage (one
+ * downloaded segment is kept in memory for the reads that follow).
  *
  * Persistence of progress: the control file's commit LSN and flush LSN hint
  * are stored at most every PROGRESS_PERSIST_INTERVAL_MS (and on close), not on
@@ -57,7 +64,7 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { StrataError, assert } from "../lib/errors.js";
-import { formatLsn, lsn as toLsn, parseLsn, type Lsn } from "../lib/lsn.js";
+import { formatLsn, lsn as toLsn, parseLsn, segmentNumber, segmentOffset, segmentStart, type Lsn } from "../lib/lsn.js";
 import type { TenantId, TimelineId } from "../lib/id.js";
 import { errorFields, silentLogger } from "../lib/logging.js";
 import type { TimelinePersistentState } from "./control_file.js";
@@ -66,8 +73,6 @@ import type { SafekeeperMetrics } from "./metrics.js";
 import { appendTerm, checkTermHistory, formatTermHistory, historyUpTo, INVALID_TERM, lastTerm, term as toTerm, type Term, type TermHistory } from "./term_history.js";
 import { TimelineStore, timelineDirPath } from "./timeline_dir.js";
 import { TermRefusedError, type AcceptorSnapshot, type ConsensusTimeline, type VoteResult } from "./consensus/acceptor_state.js";
-import { exactFlushRecordLsn } from "./consensus/store_timeline.js";
-import { decoderStartAtOrAfter } from "./wal_storage.js";
 
 /** File next to the control file holding the registered compute (JSON). */
 export const COMPUTE_FILE_NAME = "compute.json";
@@ -177,6 +182,8 @@ export interface TimelineOptions {
   log?: Logger;
   /** This safekeeper is the only member: commit_lsn follows its own flush record LSN. */
   soloCommit: boolean;
+  /** Remote storage holds this safekeeper's offloaded WAL (wal_backup.ts): download one segment. */
+  remoteWal?: { fetchSegment(tenantId: TenantId, timelineId: TimelineId, segNo: bigint, walSegSizeBytes: number): Promise<Uint8Array> };
 }
 
 /** Serializes async critical sections, FIFO. */
@@ -203,6 +210,13 @@ export class Timeline implements ConsensusTimeline {
   private readonly mutex = new AsyncMutex();
   private readonly log: Logger;
   private readonly labels: { tenant_id: string; timeline_id: string };
+  /** Per-timeline metric series bound once (prom-client hashes label objects on every unbound call). */
+  private readonly series: {
+    walReceivedBytes: { inc(v?: number): void };
+    fsyncs: { inc(v?: number): void };
+    flushLsn: { set(v: number): void };
+    commitLsn: { set(v: number): void };
+  };
   private commit: Lsn;
   private compute_: ComputeRegistration | undefined;
   private computeConnected_ = false;
@@ -212,8 +226,8 @@ export class Timeline implements ConsensusTimeline {
   private lastPersistMs = 0;
   private persisting: Promise<void> | undefined;
   private closed = false;
-  /** The flush record LSN found by decoding (exactFlushRecordLsn) for one flush LSN, while WalStorage knows none. */
-  private scanned: { flushLsn: Lsn; recordLsn: Lsn } | undefined;
+  /** The last segment downloaded from remote storage for a consumer (one per timeline: 16 MiB). */
+  private remoteSegment: { segNo: bigint; bytes: Promise<Uint8Array> } | undefined;
 
   private constructor(
     private readonly store: TimelineStore,
@@ -224,6 +238,13 @@ export class Timeline implements ConsensusTimeline {
     this.timelineId = store.timelineId;
     this.log = (opts.log ?? silentLogger()).child({ tenant_id: this.tenantId, timeline_id: this.timelineId });
     this.labels = { tenant_id: this.tenantId, timeline_id: this.timelineId };
+    const m = opts.metrics;
+    this.series = {
+      walReceivedBytes: m.walReceivedBytes.labels(this.labels),
+      fsyncs: m.fsyncs.labels(this.labels),
+      flushLsn: m.flushLsn.labels(this.labels),
+      commitLsn: m.commitLsn.labels(this.labels),
+    };
     this.compute_ = compute;
     this.events.setMaxListeners(0); // one listener per consumer connection
     const s = store.control.state;
@@ -264,12 +285,6 @@ export class Timeline implements ConsensusTimeline {
       throw e;
     }
     const tl = new Timeline(store, opts, compute);
-    try {
-      await tl.refreshFlushRecordLsn();
-    } catch (e) {
-      await store.close();
-      throw e;
-    }
     if (opts.soloCommit) tl.advanceSoloCommit();
     const r = store.wal.recovery;
     tl.log.info(
@@ -311,32 +326,31 @@ export class Timeline implements ConsensusTimeline {
   get flushLsn(): Lsn {
     return this.store.wal.flushLsn;
   }
-  /**
-   * End of the last complete flushed record. When WalStorage does not know it
-   * (after a truncation below its last tracked record, or a restart following
-   * one) the value found by decoding (refreshFlushRecordLsn, run after every
-   * truncation, flush and open) is used; never the timeline start in place of
-   * a real record end, which would under-report this member to consensus.
-   */
+  /** End of the last complete flushed record (a record boundary; WalStorage tracks it incrementally). */
   get flushRecordLsn(): Lsn {
-    const known = this.store.wal.flushRecordLsn;
-    if (known !== undefined) return known;
-    if (this.scanned !== undefined && this.scanned.flushLsn === this.flushLsn) return this.scanned.recordLsn;
-    return this.scanned?.recordLsn ?? this.timelineStartLsn;
-  }
-
-  /** Makes `flushRecordLsn` exact for the current flush LSN (decodes WAL if WalStorage does not know it). */
-  private async refreshFlushRecordLsn(): Promise<Lsn> {
-    const known = this.store.wal.flushRecordLsn;
-    if (known !== undefined) return known;
-    const flush = this.flushLsn;
-    if (this.scanned?.flushLsn === flush) return this.scanned.recordLsn;
-    const recordLsn = await exactFlushRecordLsn(this.store);
-    this.scanned = { flushLsn: flush, recordLsn };
-    return recordLsn;
+    return this.store.wal.flushRecordLsn;
   }
   get oldestLsn(): Lsn {
     return this.store.wal.oldestLsn;
+  }
+  /**
+   * Oldest LSN consumers can be served: with remote storage, everything
+   * from the timeline start (offloaded segments are downloaded on demand).
+   */
+  get oldestServableLsn(): Lsn {
+    return this.opts.remoteWal !== undefined ? this.timelineStartLsn : this.oldestLsn;
+  }
+  /** End of the WAL offloaded to remote storage (the timeline start until the first upload). */
+  get backupLsn(): Lsn {
+    return this.control.backupLsn;
+  }
+  /** One past the last complete local segment. */
+  get completeSegmentsEnd(): bigint {
+    return this.store.wal.completeSegmentsEnd;
+  }
+  /** The whole file of a complete local segment (for offload). */
+  readCompleteSegment(segNo: bigint): Promise<Uint8Array> {
+    return this.store.wal.readCompleteSegment(segNo);
   }
   get commitLsn(): Lsn {
     return this.commit;
@@ -398,16 +412,15 @@ export class Timeline implements ConsensusTimeline {
 
   /** The consensus-relevant state, read under the mutex (no append in between). */
   snapshot(): Promise<AcceptorSnapshot> {
-    return this.mutex.run(async () => this.snapshotNow());
+    return this.mutex.run(() => Promise.resolve(this.snapshotNow()));
   }
 
-  private async snapshotNow(): Promise<AcceptorSnapshot> {
-    const flushRecordLsn = await this.refreshFlushRecordLsn();
+  private snapshotNow(): AcceptorSnapshot {
     return {
       term: this.term,
       termHistory: this.termHistory,
       flushLsn: this.flushLsn,
-      flushRecordLsn,
+      flushRecordLsn: this.flushRecordLsn,
       commitLsn: this.commit,
       timelineStartLsn: this.timelineStartLsn,
     };
@@ -430,7 +443,7 @@ export class Timeline implements ConsensusTimeline {
         if (this.writeLsn !== this.flushLsn) await this.flushLocked();
         await this.persistTerm(t);
       }
-      return { granted, snapshot: await this.snapshotNow() };
+      return { granted, snapshot: this.snapshotNow() };
     });
   }
 
@@ -527,13 +540,14 @@ export class Timeline implements ConsensusTimeline {
    * the *persisted* remote-consistent LSN (the pageserver reported that WAL's
    * effect durable in remote storage, and we stored that report), capped by
    * commit_lsn and by every known peer's flush LSN (a lagging peer may still
-   * catch up from us). When WAL offload to remote storage exists (issue 7)
-   * its backup LSN joins the minimum; until then a timeline whose pageserver
+   * catch up from us), and — when remote storage is configured — by the
+   * backup LSN (WAL not yet offloaded stays). A timeline whose pageserver
    * reports nothing keeps all its WAL.
    */
   retentionHorizonLsn(): Lsn {
     let h = this.store.control.state.remoteConsistentLsn;
     if (this.commit < h) h = this.commit;
+    if (this.opts.remoteWal !== undefined && this.control.backupLsn < h) h = this.control.backupLsn;
     for (const f of this.peerFlush.values()) if (f < h) h = f;
     return h;
   }
@@ -548,11 +562,42 @@ export class Timeline implements ConsensusTimeline {
     });
   }
 
+  /** Stores a higher backup LSN (WAL offloaded below it) in the control file, fsynced, before returning. */
+  setBackupLsn(l: Lsn): Promise<void> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (l <= this.control.backupLsn) return;
+      await this.store.persistProgress((s) => ({ ...s, backupLsn: l }));
+      this.opts.metrics.backupLsn.set(this.labels, Number(l));
+    });
+  }
+
+  /** Resolves when commit_lsn passes `after`, after `timeoutMs`, or when `signal` aborts. */
+  waitForCommit(after: Lsn, timeoutMs: number, signal: AbortSignal): Promise<void> {
+    if (this.commit > after || this.closed || signal.aborted) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.events.off("commit", check);
+        this.events.off("closed", done);
+        signal.removeEventListener("abort", done);
+        resolve();
+      };
+      const check = () => {
+        if (this.commit > after) done();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.events.on("commit", check);
+      this.events.once("closed", done);
+      signal.addEventListener("abort", done, { once: true });
+    });
+  }
+
   /** Advances commit_lsn (never lowers it) and wakes WAL senders. */
   setCommitLsn(l: Lsn): void {
     if (l <= this.commit) return;
     this.commit = l;
-    this.opts.metrics.commitLsn.set(this.labels, Number(l));
+    this.series.commitLsn.set(Number(l));
     this.events.emit("commit", l);
     this.maybePersistProgress();
   }
@@ -572,6 +617,21 @@ export class Timeline implements ConsensusTimeline {
       if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
       this.checkCaughtUp(computeTerm);
       await this.writeLocked(startLsn, bytes);
+    });
+  }
+
+  /**
+   * appendWalFromCompute and flush in one critical section (the WAL
+   * acceptor's group commit: one write and one fsync per batch); returns
+   * the flush LSN.
+   */
+  appendAndFlushFromCompute(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Promise<Lsn> {
+    return this.mutex.run(async () => {
+      this.checkOpen();
+      if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
+      this.checkCaughtUp(computeTerm);
+      await this.writeLocked(startLsn, bytes);
+      return await this.flushLocked();
     });
   }
 
@@ -604,23 +664,19 @@ export class Timeline implements ConsensusTimeline {
    * (where WAL recovery starts) is moved to `at` first when it lies past it:
    * otherwise a crash right after the truncation leaves a hint pointing at
    * WAL that is gone, which recovery rejects. `at` is a record boundary, so
-   * decoding from there finds the old WAL if the truncation never happened
-   * and nothing if it did.
+   * decoding from there (from the next record start, if `at` is an
+   * unaligned record end) finds the old WAL if the truncation never happened
+   * and nothing if it did — and then `at` is the exact end WAL recovery reports.
    */
   private async truncateLocked(at: Lsn): Promise<void> {
     const wal = this.store.wal;
-    if (this.control.flushLsnHint > at) {
-      const hint = decoderStartAtOrAfter(at, wal.walSegSizeBytes);
-      await this.store.control.persist((s) => ({ ...s, flushLsnHint: hint }));
-    }
+    if (this.control.flushLsnHint > at) await this.store.control.persist((s) => ({ ...s, flushLsnHint: at }));
     await wal.truncate(at);
-    this.scanned = undefined;
-    await this.refreshFlushRecordLsn();
   }
 
   private async writeLocked(startLsn: Lsn, bytes: Uint8Array): Promise<void> {
     await this.store.wal.write(startLsn, bytes);
-    this.opts.metrics.walReceivedBytes.inc(this.labels, bytes.length);
+    this.series.walReceivedBytes.inc(bytes.length);
   }
 
   /** fsyncs everything written; returns the flush LSN. Advances solo commit and wakes waiters. */
@@ -636,12 +692,12 @@ export class Timeline implements ConsensusTimeline {
     const t0 = performance.now();
     const l = await this.store.wal.flush();
     this.opts.metrics.fsyncSeconds.observe((performance.now() - t0) / 1000);
-    this.opts.metrics.fsyncs.inc(this.labels);
+    this.series.fsyncs.inc();
     if (l !== before) {
-      await this.refreshFlushRecordLsn();
       this.events.emit("flush", l);
       if (this.opts.soloCommit) this.advanceSoloCommit();
-      this.updateGauges();
+      this.series.flushLsn.set(Number(l));
+      this.series.commitLsn.set(Number(this.commit));
       this.maybePersistProgress();
     }
     return l;
@@ -661,10 +717,43 @@ export class Timeline implements ConsensusTimeline {
   /**
    * The same without the mutex, for WAL senders: they read only below the
    * servable LSN, which is below commit_lsn and so never truncated, and must
-   * not wait behind the acceptor's fsyncs.
+   * not wait behind the acceptor's fsyncs. WAL older than the oldest local
+   * segment comes from remote storage when it is configured (at most up to
+   * the end of that segment per call).
    */
-  readCommittedWal(startLsn: Lsn, maxBytes: number, endLsn: Lsn): Promise<Uint8Array> {
-    return this.store.wal.read(startLsn, maxBytes, endLsn);
+  async readCommittedWal(startLsn: Lsn, maxBytes: number, endLsn: Lsn): Promise<Uint8Array> {
+    if (startLsn >= this.oldestLsn || this.opts.remoteWal === undefined || startLsn < this.timelineStartLsn) {
+      try {
+        return await this.store.wal.read(startLsn, maxBytes, endLsn);
+      } catch (e) {
+        // Retention may remove the segment between the check and the read: then it is offloaded.
+        const removed = e instanceof StrataError && e.code === "not_found" && this.opts.remoteWal !== undefined && startLsn < this.oldestLsn;
+        if (!removed) throw e;
+      }
+    }
+    const remote = this.opts.remoteWal;
+    if (remote === undefined) throw new Error("assertion failed: remote WAL read without remote storage");
+    const seg = this.walSegSizeBytes;
+    const segNo = segmentNumber(startLsn, seg);
+    if (segmentStart(segNo + 1n, seg) > this.backupLsn) {
+      throw new StrataError("not_found", `WAL at ${formatLsn(startLsn)} of ${this.tenantId}/${this.timelineId} is neither local (oldest ${formatLsn(this.oldestLsn)}) nor offloaded (backup LSN ${formatLsn(this.backupLsn)})`);
+    }
+    let cached = this.remoteSegment;
+    if (cached === undefined || cached.segNo !== segNo) {
+      const bytes = remote.fetchSegment(this.tenantId, this.timelineId, segNo, seg);
+      cached = { segNo, bytes };
+      this.remoteSegment = cached;
+      this.opts.metrics.remoteWalDownloads.inc(this.labels);
+      this.log.info({ segment_lsn: formatLsn(segmentStart(segNo, seg)) }, "serving WAL older than the local segments from remote storage");
+      bytes.catch(() => {
+        if (this.remoteSegment === cached) this.remoteSegment = undefined; // the next read tries again
+      });
+    }
+    const bytes = await cached.bytes;
+    const off = segmentOffset(startLsn, seg);
+    const limit = endLsn < this.flushLsn ? endLsn : this.flushLsn;
+    const n = Math.max(0, Math.min(maxBytes, seg - off, Number(limit - startLsn)));
+    return bytes.slice(off, off + n);
   }
 
   /**
@@ -843,6 +932,7 @@ export class Timeline implements ConsensusTimeline {
     m.flushLsn.set(this.labels, Number(this.flushLsn));
     m.commitLsn.set(this.labels, Number(this.commit));
     m.term.set(this.labels, Number(this.term));
+    m.backupLsn.set(this.labels, Number(this.control.backupLsn));
   }
 
   private stale(t: Term, what: string): StaleTermError {
@@ -860,6 +950,7 @@ export class Timeline implements ConsensusTimeline {
     await this.persistProgressNow().catch((e: unknown) => this.log.warn(errorFields(e), "cannot store timeline progress on close"));
     await this.mutex.run(async () => {
       this.closed = true;
+      this.remoteSegment = undefined;
       await this.store.close();
     });
     this.events.emit("closed");

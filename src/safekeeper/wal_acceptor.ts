@@ -19,7 +19,11 @@
  * writer repeatedly takes everything pending (at most MAX_WRITE_BATCH_BYTES;
  * it first yields once to the event loop so messages already received from
  * the socket join the batch — "flush when nothing more is buffered"),
- * writes it, fsyncs once and reports. While one fsync runs, WAL of other
+ * writes it, fsyncs once and reports (Timeline.appendAndFlushFromCompute:
+ * one critical section per batch). Several messages are copied into one
+ * batch buffer allocated once per connection and reused — WalStorage keeps
+ * no reference to what it wrote — so the steady state allocates nothing
+ * per batch. While one fsync runs, WAL of other
  * commits accumulates and is made durable by the next, so under load the
  * number of fsyncs per second is bounded by fsync latency, not by commits;
  * an idle compute's single commit is fsynced as soon as it arrives.
@@ -30,7 +34,7 @@
  *   WalStorage holds, apply = flush (nothing is applied on a safekeeper, so
  *   `synchronous_commit = remote_apply` behaves like `on`).
  * * Fencing: WAL is appended only under the compute's term while it is the
- *   timeline's term (Timeline.appendWalFromCompute); a term bump aborts the
+ *   timeline's term (Timeline.appendAndFlushFromCompute); a term bump aborts the
  *   stream at once and a superseded registration's acceptor ends for good.
  *   A registration with a lower term never gets here (HTTP 409).
  * * XLogData must be contiguous from the requested start; anything else is a
@@ -391,6 +395,8 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
     stream.sendStatusUpdate({ writeLsn: tl.writeLsn, flushLsn: flush, applyLsn: flush, replyRequested });
   };
 
+  /** Reused for batches of several messages (never handed out beyond one write). */
+  const batchBuf = Buffer.allocUnsafe(MAX_WRITE_BATCH_BYTES);
   const writer = async (): Promise<void> => {
     let lastStatusMs = Date.now();
     while (!done && !signal.aborted) {
@@ -418,16 +424,26 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
       let take = 0;
       let bytes = 0;
       while (take < pending.length && (take === 0 || bytes + pending[take]!.length <= MAX_WRITE_BATCH_BYTES)) bytes += pending[take++]!.length;
-      const batch = take === 1 ? pending[0]! : Buffer.concat(pending.slice(0, take), bytes);
+      let batch: Buffer;
+      if (take === 1) {
+        batch = pending[0]!;
+      } else {
+        let off = 0;
+        for (let k = 0; k < take; k++) {
+          const p = pending[k]!;
+          p.copy(batchBuf, off);
+          off += p.length;
+        }
+        batch = batchBuf.subarray(0, bytes);
+      }
       const at = pendingStart;
-      pending = pending.slice(take);
+      pending = take === pending.length ? [] : pending.slice(take);
       pendingBytes -= bytes;
       pendingStart = toLsn(at + BigInt(bytes));
       const w = wakeReader;
       wakeReader = undefined;
       w?.();
-      await tl.appendWalFromCompute(reg.term, at, batch);
-      await tl.flush();
+      await tl.appendAndFlushFromCompute(reg.term, at, batch);
       if (!done) sendStatus();
       lastStatusMs = Date.now();
     }

@@ -321,8 +321,8 @@ class Session {
     if (start > tl.flushLsn) {
       throw new StrataError("invalid_argument", `Requested starting point ${formatLsn(start)} is ahead of the WAL flush position of this safekeeper ${formatLsn(tl.flushLsn)}`);
     }
-    if (start < tl.oldestLsn) {
-      throw new SqlStateError("not_found", SQLSTATE_UNDEFINED_FILE, `Requested WAL at ${formatLsn(start)} is not on this safekeeper: it holds WAL from ${formatLsn(tl.oldestLsn)}`);
+    if (start < tl.oldestServableLsn) {
+      throw new SqlStateError("not_found", SQLSTATE_UNDEFINED_FILE, `Requested WAL at ${formatLsn(start)} is not on this safekeeper: it holds WAL from ${formatLsn(tl.oldestServableLsn)}`);
     }
     this.conn.send({ kind: "CopyBothResponse", format: 0, columnFormats: [] });
     let kind: ConsumerKind = "standby";

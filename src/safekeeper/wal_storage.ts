@@ -36,10 +36,31 @@
  * point — use `flushRecordLsn`, the end of the last complete flushed record.
  * After a restart the flush LSN is always such a record end.
  *
- * Record boundaries: every written byte is also fed to a WalStreamDecoder,
- * which tells where complete records end. `recoveryStartLsn` is the start of
- * the last complete record at or below the flush LSN (or a point where WAL
- * starts afresh); stored in the control file, it is where recovery starts.
+ * Record boundaries: every written byte is also fed to a
+ * RecordBoundaryTracker (record_boundaries.ts: page headers and record
+ * lengths only — no decoding, no CRC, no copy; recovery on open still
+ * decodes with CRC checks), which tells where complete records end (exactly: xlogreader's EndRecPtr,
+ * not MAXALIGNed — PostgreSQL's own flush LSN, XLogInsertRecord's EndPos,
+ * includes the padding after the last record, so it can lie up to 7 bytes
+ * past the last record end we report). The storage always knows a record
+ * boundary at or below the write and flush LSNs (`flushRecordLsn` is never
+ * unknown, so nobody has to re-decode WAL to find it):
+ * * while writing: the end of the last complete record the tracker decoded;
+ * * after `truncate(at)`: `at` itself (callers truncate at record
+ *   boundaries), until a record past it completes;
+ * * after `open`: the end of the last complete record recovery decoded, or,
+ *   if it decoded none, the hint itself — a record start, or after a
+ *   truncation the exact (possibly unaligned) truncation point, which the
+ *   timeline stores as the hint before truncating. So a restart right after
+ *   a truncation at an unaligned record end reports that end exactly.
+ *   Recovery decodes from the hint, or from the next record start after it
+ *   when the hint is an unaligned record end.
+ * The tracker resumes exactly where the next record starts (MAXALIGNed after
+ * an unaligned record end, after the page header when that falls on a page
+ * boundary), and is fed bytes from there even when a write starts earlier.
+ * `recoveryStartLsn` is the start of the last complete record at or below
+ * the flush LSN (or a point where WAL starts afresh: the timeline start, a
+ * truncation point); stored in the control file, it is where recovery starts.
  * Invalid WAL from upstream does not stop writes (storage stores bytes); the
  * tracker stops advancing and restarts at the next segment start.
  *
@@ -71,6 +92,7 @@ import {
   type Lsn,
 } from "../lib/lsn.js";
 import { WalStreamDecoder } from "../formats/wal/wal_stream_decoder.js";
+import { RecordBoundaryTracker } from "./record_boundaries.js";
 import { isValidWalSegSize, SIZE_OF_XLOG_LONG_PHD, SIZE_OF_XLOG_SHORT_PHD } from "../formats/wal/xlog_page.js";
 import { WalDecodeError } from "../formats/wal/xlog_record.js";
 import { isNotFound, type DurableFile, type DurableFS } from "./durable_fs.js";
@@ -109,9 +131,15 @@ export interface WalStorageOptions {
   preallocateAhead?: boolean;
 }
 
-/** Where a complete record lies. */
-interface RecordSpan {
-  readonly lsn: Lsn;
+/**
+ * A record boundary the storage knows: `endLsn` is the end of a complete
+ * record (or a point where WAL starts afresh: the timeline start, a
+ * truncation point); `recoveryStart` is where decoding can start to find
+ * this boundary again or a later one — the record's own start, or for a
+ * restart point the next record start at or after it.
+ */
+interface RecordBoundary {
+  readonly recoveryStart: Lsn;
   readonly endLsn: Lsn;
 }
 
@@ -146,11 +174,10 @@ export class WalStorage {
   private finalsEnd: bigint;
   private partial: { segNo: bigint; file: DurableFile; dirty: boolean } | undefined;
 
-  private tracker: WalStreamDecoder | undefined;
-  /** Last complete record written / flushed. */
-  private lastWritten: RecordSpan | undefined;
-  private lastFlushed: RecordSpan | undefined;
-  private hint: Lsn;
+  private tracker: RecordBoundaryTracker | undefined;
+  /** Last record boundary written / flushed (always known; see the header). */
+  private lastWritten: RecordBoundary;
+  private lastFlushed: RecordBoundary;
 
   private failure: unknown;
   private closed = false;
@@ -166,7 +193,9 @@ export class WalStorage {
     this.preallocateAhead = opts.preallocateAhead ?? true;
     this.write_ = opts.timelineStartLsn;
     this.flush_ = opts.timelineStartLsn;
-    this.hint = opts.flushLsnHint;
+    // Replaced by recovery in open().
+    this.lastWritten = { recoveryStart: opts.flushLsnHint, endLsn: opts.timelineStartLsn };
+    this.lastFlushed = this.lastWritten;
     this.finalsEnd = segmentNumber(opts.timelineStartLsn, opts.walSegSizeBytes);
   }
 
@@ -191,14 +220,17 @@ export class WalStorage {
     return this.flush_;
   }
 
-  /** End of the last complete record at or below the flush LSN, if one is known. */
-  get flushRecordLsn(): Lsn | undefined {
-    return this.lastFlushed?.endLsn;
+  /**
+   * End of the last complete record at or below the flush LSN: a record
+   * boundary (see the header for the exact rules after truncate and open).
+   */
+  get flushRecordLsn(): Lsn {
+    return this.lastFlushed.endLsn;
   }
 
   /** Where recovery should start decoding: persist it as the control file's flush LSN hint. */
   get recoveryStartLsn(): Lsn {
-    return this.hint;
+    return this.lastFlushed.recoveryStart;
   }
 
   /** What the last open found. */
@@ -320,11 +352,14 @@ export class WalStorage {
       if (this.oldestSegNo !== undefined && this.oldestSegNo > (atOff === 0 ? atSeg - 1n : atSeg)) this.oldestSegNo = undefined;
       this.write_ = at;
       this.flush_ = at;
-      // Record tracking restarts at `at`; keep what is still below it.
-      if (this.lastWritten !== undefined && this.lastWritten.endLsn > at) this.lastWritten = undefined;
-      if (this.lastFlushed !== undefined && this.lastFlushed.endLsn > at) this.lastFlushed = undefined;
-      this.tracker = this.newTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
-      this.hint = this.lastFlushed?.lsn ?? this.tracker.startLsn;
+      // Record tracking restarts at `at`, a record boundary by contract: it is the last one known.
+      this.tracker = this.newBoundaryTracker(decoderStartAtOrAfter(at, this.walSegSizeBytes));
+      const known = [this.lastFlushed, this.lastWritten].find((b) => b.endLsn === at);
+      // An unaligned `at` is a valid recovery start: recovery decodes from the next record start
+      // after it, and when it finds nothing there, `at` itself is the exact end it reports.
+      const boundary = known ?? { recoveryStart: at, endLsn: at };
+      this.lastWritten = boundary;
+      this.lastFlushed = boundary;
     });
   }
 
@@ -364,6 +399,38 @@ export class WalStorage {
   // -------------------------------------------------------------------------
   // Reading
   // -------------------------------------------------------------------------
+
+  /**
+   * One past the last complete segment: every segment below it that is
+   * still on disk has its final name and is durable (WAL offload uploads
+   * only those).
+   */
+  get completeSegmentsEnd(): bigint {
+    return this.finalsEnd;
+  }
+
+  /**
+   * The whole file of complete segment `segNo`, byte for byte (including
+   * bytes before the timeline start in its first segment): what WAL offload
+   * uploads. not_found when the segment is not a complete segment on disk.
+   */
+  async readCompleteSegment(segNo: bigint): Promise<Uint8Array> {
+    if (segNo >= this.finalsEnd || this.oldestSegNo === undefined || segNo < this.oldestSegNo) {
+      throw new StrataError("not_found", `WAL segment ${walFileName(WAL_FILE_TIMELINE, segNo, this.walSegSizeBytes)} is not a complete segment in ${this.dir}`);
+    }
+    const path = this.segmentPath(segNo, false);
+    const f = await this.fs.openFile(path, "read").catch((e: unknown) => {
+      throw new StrataError(isNotFound(e) ? "not_found" : "io_error", `Cannot open WAL segment ${path}`, { cause: e });
+    });
+    try {
+      const buf = new Uint8Array(this.walSegSizeBytes);
+      const got = await f.read(buf, 0);
+      if (got !== this.walSegSizeBytes) throw this.corrupt(`segment ${path} has ${got} bytes, expected ${this.walSegSizeBytes}`);
+      return buf;
+    } finally {
+      await f.close().catch(() => undefined);
+    }
+  }
 
   /**
    * Up to `maxBytes` of WAL from `startLsn`, not past `endLsn` (default: the
@@ -538,40 +605,39 @@ export class WalStorage {
 
   private markFlushed(): void {
     this.flush_ = this.write_;
-    if (this.lastWritten !== undefined) {
-      this.lastFlushed = this.lastWritten;
-      this.hint = this.lastWritten.lsn;
-    }
+    this.lastFlushed = this.lastWritten;
   }
 
   // -------------------------------------------------------------------------
   // Record tracking
   // -------------------------------------------------------------------------
 
-  private newTracker(start: Lsn): WalStreamDecoder {
+  /** The validating decoder (CRC checks), used by crash recovery on open. */
+  private newDecoder(start: Lsn): WalStreamDecoder {
     return new WalStreamDecoder(start, { walSegSizeBytes: this.walSegSizeBytes, ...(this.systemId !== undefined ? { systemId: this.systemId } : {}) });
   }
 
-  /** Feeds written bytes to the record tracker. */
+  /** The write path's tracker: record boundaries only. */
+  private newBoundaryTracker(start: Lsn): RecordBoundaryTracker {
+    return new RecordBoundaryTracker(start, { walSegSizeBytes: this.walSegSizeBytes });
+  }
+
+  /** Feeds written bytes to the record tracker (which keeps no reference to them). */
   private track(start: Lsn, bytes: Uint8Array): void {
     if (this.tracker === undefined) {
       // After invalid WAL: resynchronize at the next segment start.
       if (segmentOffset(start, this.walSegSizeBytes) !== 0) return;
-      this.tracker = this.newTracker(start);
+      this.tracker = this.newBoundaryTracker(start);
     }
     const t = this.tracker;
     const feedFrom = t.feedLsn;
     const end = start + BigInt(bytes.length);
-    if (end <= feedFrom) return; // alignment padding or a switch's skipped tail, before the next record
+    if (end <= feedFrom) return; // alignment padding before the record the tracker starts at
     if (feedFrom < start) throw new Error(`assertion failed: record tracker expects ${formatLsn(feedFrom)} but write starts at ${formatLsn(start)}`);
-    // A copy: the decoder keeps views of what it is fed, and callers may reuse their buffers.
-    t.feed(bytes.slice(Number(feedFrom - start)));
-    try {
-      for (let r = t.next(); r !== undefined; r = t.next()) this.lastWritten = { lsn: r.lsn, endLsn: r.endLsn };
-    } catch (e) {
-      if (!(e instanceof WalDecodeError)) throw e;
-      this.tracker = undefined;
-    }
+    const before = t.recordCount;
+    t.feed(feedFrom === start ? bytes : bytes.subarray(Number(feedFrom - start)));
+    if (t.recordCount !== before) this.lastWritten = { recoveryStart: t.lastRecordLsn!, endLsn: t.lastRecordEndLsn! };
+    if (t.failure !== undefined) this.tracker = undefined;
   }
 
   // -------------------------------------------------------------------------
@@ -617,9 +683,14 @@ export class WalStorage {
       const oldest = segmentStart(this.oldestSegNo, this.walSegSizeBytes);
       if (start < oldest) start = oldest;
     }
-    if (!isDecoderStart(start, this.walSegSizeBytes)) throw this.corrupt(`flush LSN hint ${formatLsn(start)} is not a record boundary`);
+    // A record start, or an exact record end (a truncation point): never inside a page header.
+    if (isInsidePageHeader(start, this.walSegSizeBytes)) throw this.corrupt(`flush LSN hint ${formatLsn(start)} lies inside a page header`);
+    const decodeStart = isDecoderStart(start, this.walSegSizeBytes) ? start : decoderStartAtOrAfter(start, this.walSegSizeBytes);
     const haveUpTo = partialSeg !== undefined ? partialSeg + 1n : this.finalsEnd;
-    if (segmentNumber(start, this.walSegSizeBytes) >= haveUpTo && segmentOffset(start, this.walSegSizeBytes) !== 0) {
+    // A timeline that starts mid-segment (a branch point, an initdb end) and holds no WAL yet is empty, not
+    // damaged: its first write creates the partial segment (zeros before the start). (issue 6: computes on branches)
+    const emptyMidSegmentStart = this.oldestSegNo === undefined && start === this.timelineStartLsn;
+    if (segmentNumber(start, this.walSegSizeBytes) >= haveUpTo && segmentOffset(start, this.walSegSizeBytes) !== 0 && !emptyMidSegmentStart) {
       throw this.corrupt(`flush LSN hint ${formatLsn(start)} points past the WAL on disk`);
     }
     if (this.oldestSegNo === undefined && start > this.timelineStartLsn) {
@@ -627,13 +698,13 @@ export class WalStorage {
     }
 
     // Decode from `start` through the final segments into the partial one.
-    let decoder = this.newTracker(start);
-    let last: RecordSpan | undefined;
-    let next: Lsn = start;
+    let decoder = this.newDecoder(decodeStart);
+    let last: RecordBoundary | undefined;
+    let next: Lsn = decodeStart;
     let records = 0;
     let stopReason: string | undefined;
     let partialBytes: Uint8Array | undefined;
-    for (let seg = segmentNumber(start, this.walSegSizeBytes); seg < haveUpTo; seg++) {
+    for (let seg = segmentNumber(decodeStart, this.walSegSizeBytes); seg < haveUpTo; seg++) {
       const isPartial = seg === partialSeg;
       const path = this.segmentPath(seg, isPartial);
       const bytes = await this.readWholeSegment(path);
@@ -641,7 +712,7 @@ export class WalStorage {
       const segStartLsn = segmentStart(seg, this.walSegSizeBytes);
       if (isPartial && decoder.failure !== undefined) {
         // Invalid WAL inside trusted final segments: decode the partial segment on its own.
-        decoder = this.newTracker(segStartLsn);
+        decoder = this.newDecoder(segStartLsn);
       }
       if (decoder.failure !== undefined) continue;
       const from = decoder.feedLsn > segStartLsn ? Number(decoder.feedLsn - segStartLsn) : 0;
@@ -649,7 +720,7 @@ export class WalStorage {
       decoder.feed(bytes.subarray(from));
       try {
         for (let r = decoder.next(); r !== undefined; r = decoder.next()) {
-          last = { lsn: r.lsn, endLsn: r.endLsn };
+          last = { recoveryStart: r.lsn, endLsn: r.endLsn };
           next = decoder.nextRecordLsn;
           records++;
         }
@@ -693,11 +764,11 @@ export class WalStorage {
     }
 
     // Record tracking resumes at the next record start; feed it what lies between.
-    this.lastWritten = last;
-    this.lastFlushed = last;
-    this.hint = last?.lsn ?? start;
+    // No record decoded: `start` is a record start (the hint) or where WAL starts afresh.
+    this.lastWritten = last ?? { recoveryStart: start, endLsn: start };
+    this.lastFlushed = this.lastWritten;
     const trackFrom = last !== undefined ? next : start;
-    this.tracker = this.newTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
+    this.tracker = this.newBoundaryTracker(isDecoderStart(trackFrom, this.walSegSizeBytes) ? trackFrom : decoderStartAtOrAfter(trackFrom, this.walSegSizeBytes));
     if (this.tracker.startLsn < end) {
       const between = await this.read(this.tracker.startLsn, Number(end - this.tracker.startLsn));
       this.track(this.tracker.startLsn, between);
@@ -749,6 +820,13 @@ export class WalStorage {
     this.chain = p.catch(() => undefined);
     return p;
   }
+}
+
+/** True when `at` lies within a page header (where no record starts or ends). */
+function isInsidePageHeader(at: Lsn, walSegSizeBytes: number): boolean {
+  const pageOff = Number(at % BigInt(XLOG_BLCKSZ));
+  const headerBytes = Number(at % BigInt(walSegSizeBytes)) < XLOG_BLCKSZ ? SIZE_OF_XLOG_LONG_PHD : SIZE_OF_XLOG_SHORT_PHD;
+  return pageOff !== 0 && pageOff < headerBytes;
 }
 
 function isWalName(name: string): boolean {

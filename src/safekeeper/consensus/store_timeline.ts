@@ -31,31 +31,21 @@
  *   WalStorage refuses further changes and the owner reopens the timeline,
  *   which runs WAL recovery.
  *
- * Flush record LSN: WalStorage knows the end of the last complete flushed
- * record from the records it decoded while writing. Right after a
- * truncation (or a restart following one) it may not know one; then the end
- * is found by decoding from the last term switch at or below the flush LSN
- * (a record boundary by construction) — bounded by the WAL of one term,
- * and only needed in that rare state; the result is cached per flush LSN.
+ * Flush record LSN: WalStorage tracks the last complete flushed record
+ * boundary incrementally, also across truncations and restarts, so a
+ * snapshot never decodes WAL.
  */
 import { StrataError } from "../../lib/errors.js";
 import type { TenantId, TimelineId } from "../../lib/id.js";
 import { formatLsn, lsnMax, type Lsn } from "../../lib/lsn.js";
-import { WalStreamDecoder } from "../../formats/wal/wal_stream_decoder.js";
-import { WalDecodeError } from "../../formats/wal/xlog_record.js";
 import type { DurableFS } from "../durable_fs.js";
 import { checkTermHistory, formatTermHistory, historyUpTo, lastTerm, type Term, type TermHistory } from "../term_history.js";
 import { TimelineStore } from "../timeline_dir.js";
-import { decoderStartAtOrAfter } from "../wal_storage.js";
 import { TermRefusedError, type AcceptorSnapshot, type ConsensusTimeline, type VoteResult } from "./acceptor_state.js";
-
-/** Bytes read per step when decoding to find the last record end. */
-const RECORD_SCAN_CHUNK_BYTES = 256 * 1024;
 
 export class StoreTimeline implements ConsensusTimeline {
   private chain: Promise<unknown> = Promise.resolve();
   private commit: Lsn;
-  private scanned: { flushLsn: Lsn; recordLsn: Lsn } | undefined;
 
   constructor(readonly store: TimelineStore) {
     this.commit = store.control.state.commitLsn;
@@ -104,11 +94,9 @@ export class StoreTimeline implements ConsensusTimeline {
         // truncation and the store below, recovery would find it pointing past the WAL on
         // disk. Move it to the truncation point first: a record boundary, so decoding from
         // there finds the old WAL if the truncation never happened and nothing if it did.
-        const hint = decoderStartAtOrAfter(truncateLsn, wal.walSegSizeBytes);
-        await this.store.control.persist((st) => ({ ...st, flushLsnHint: hint }));
+        await this.store.control.persist((st) => ({ ...st, flushLsnHint: truncateLsn }));
       }
       await wal.truncate(truncateLsn);
-      this.scanned = undefined;
       await this.store.persistProgress((st) => ({ ...st, term, termHistory: history }));
     });
   }
@@ -205,18 +193,10 @@ export class StoreTimeline implements ConsensusTimeline {
       term: s.term,
       termHistory: s.termHistory,
       flushLsn: this.store.wal.flushLsn,
-      flushRecordLsn: await this.flushRecordLsn(),
+      flushRecordLsn: this.store.wal.flushRecordLsn,
       commitLsn: lsnMax(this.commit, s.commitLsn),
       timelineStartLsn: s.timelineStartLsn,
     };
-  }
-
-  private async flushRecordLsn(): Promise<Lsn> {
-    const flush = this.store.wal.flushLsn;
-    if (this.store.wal.flushRecordLsn === undefined && this.scanned?.flushLsn === flush) return this.scanned.recordLsn;
-    const recordLsn = await exactFlushRecordLsn(this.store);
-    if (this.store.wal.flushRecordLsn === undefined) this.scanned = { flushLsn: flush, recordLsn };
-    return recordLsn;
   }
 
   private describe(): string {
@@ -228,42 +208,4 @@ export class StoreTimeline implements ConsensusTimeline {
     this.chain = p.catch(() => undefined);
     return p;
   }
-}
-
-/**
- * The end of the last complete durable record of a timeline, even when the
- * WAL storage does not know it (right after a truncation below its last
- * tracked record, or a restart following one): then decodes from the last
- * term switch at or below the flush LSN (a record boundary by construction)
- * to the flush LSN. Consensus must never under-report this position — a
- * member reporting less than it holds can lose an election it should win, and
- * a start LSN must be a record boundary. Callers cache the result per flush LSN.
- */
-export async function exactFlushRecordLsn(store: TimelineStore): Promise<Lsn> {
-  const wal = store.wal;
-  const known = wal.flushRecordLsn;
-  if (known !== undefined) return known;
-  const s = store.control.state;
-  const flush = wal.flushLsn;
-  if (flush <= s.timelineStartLsn) return s.timelineStartLsn;
-  const switches = historyUpTo(s.termHistory, flush);
-  let base = lsnMax(switches[switches.length - 1]?.lsn ?? s.timelineStartLsn, s.timelineStartLsn);
-  base = lsnMax(base, wal.oldestLsn);
-  const start = decoderStartAtOrAfter(base, wal.walSegSizeBytes);
-  const decoder = new WalStreamDecoder(start, { walSegSizeBytes: wal.walSegSizeBytes, systemId: s.systemId });
-  let end = base;
-  let at = start;
-  while (at < flush) {
-    const bytes = await wal.read(at, RECORD_SCAN_CHUNK_BYTES, flush);
-    if (bytes.length === 0) break;
-    decoder.feed(bytes);
-    at = (at + BigInt(bytes.length)) as Lsn;
-    try {
-      for (let r = decoder.next(); r !== undefined; r = decoder.next()) end = r.endLsn;
-    } catch (e) {
-      if (e instanceof WalDecodeError) break;
-      throw e;
-    }
-  }
-  return end;
 }
