@@ -1,0 +1,93 @@
+/**
+ * Benchmark: fullbackup throughput of the pageserver next to pg_basebackup
+ * from the original compute, in the same run on the same machine.
+ *
+ *   node dist/bench/fullbackup.js [--scale N] [--rounds R]
+ *
+ * One local deployment (`strata up`, one safekeeper) in a temp repo dir;
+ * pgbench -i at `--scale` (default 10: ~160 MB; the issue's >= 1 GB is
+ * `--scale 70`) on `main`, then, once the pageserver has ingested
+ * everything (last_record_lsn >= the compute's insert LSN), alternately:
+ *   (a) fullbackup at that LSN from the page service into a tar file
+ *       (fetchBackupToFile: streamed, fsynced, renamed) — what every
+ *       `strata endpoint start` and `strata timeline export` does;
+ *   (b) `pg_basebackup -Ft -X none` from the running compute into a tar
+ *       file (fsynced by pg_basebackup), after a CHECKPOINT so its own
+ *       checkpoint is quick.
+ * Prints bytes, seconds and MiB/s for each and the ratio a/b (goal >= 1.0).
+ *
+ * Runs on demand only, never in the test suite.
+ */
+import { performance } from "node:perf_hooks";
+import { readdir, stat, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { cliJson, cliOk, lastLine, portOf, sqlAt, withRepo, type StatusJson } from "../test/cli_support.js";
+import { makeTempDir, removeTempDir, runTool } from "../test/harness/tools.js";
+import { fetchBackupToFile } from "../src/pageserver/backup_client.js";
+import { parseLsn } from "../src/lib/lsn.js";
+import { parseTenantId, parseTimelineId } from "../src/lib/id.js";
+
+function arg(name: string, dflt: number): number {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? Number(process.argv[i + 1]) : dflt;
+}
+
+const SCALE = arg("--scale", 10);
+const ROUNDS = arg("--rounds", 2);
+/** Bound on the pageserver catching up after the load. */
+const CATCHUP_TIMEOUT_MS = 3_600_000;
+
+const mib = (bytes: number, ms: number) => bytes / 1048576 / (ms / 1000);
+
+await withRepo(async (repo) => {
+  const main = lastLine(await cliOk(repo, ["up", "--safekeepers", "1", "--quiet"]));
+  const t0 = performance.now();
+  const init = await runTool("pgbench", ["-i", "-s", String(SCALE), "-q", main], { timeoutMs: CATCHUP_TIMEOUT_MS });
+  if (init.code !== 0) throw new Error(init.stderr);
+  console.log(`pgbench -i -s ${SCALE}: ${((performance.now() - t0) / 1000).toFixed(1)} s, database ${await sqlAt(main, "SELECT pg_size_pretty(pg_database_size('postgres'))")}`);
+  const target = parseLsn(await sqlAt(main, "SELECT pg_current_wal_insert_lsn()"));
+  const deadline = Date.now() + CATCHUP_TIMEOUT_MS;
+  let s: StatusJson;
+  for (;;) {
+    s = await cliJson<StatusJson>(repo, ["status"]);
+    const tl = s.tenants[0]!.timelines.find((t) => t.branch === "main")!;
+    if (parseLsn(tl.last_record_lsn!) >= target) break;
+    if (Date.now() > deadline) throw new Error("pageserver did not catch up");
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  const tenantId = parseTenantId(s.tenants[0]!.id);
+  const timelineId = parseTimelineId(s.tenants[0]!.timelines.find((t) => t.branch === "main")!.id);
+  console.log(`pageserver caught up with ${s.tenants[0]!.timelines[0]!.last_record_lsn} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+
+  const out = await makeTempDir("bench-fullbackup");
+  try {
+    const ratios: number[] = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const tar = join(out, "full.tar");
+      let t = performance.now();
+      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, lsn: target, full: true }, tar);
+      const fbMs = performance.now() - t;
+      await rm(tar, { force: true });
+
+      await sqlAt(main, "CHECKPOINT");
+      const bbDir = join(out, "bb");
+      t = performance.now();
+      const bb = await runTool("pg_basebackup", ["-h", "127.0.0.1", "-p", String(portOf(main)), "-U", "postgres", "-D", bbDir, "-Ft", "-X", "none", "--checkpoint=fast"], { timeoutMs: CATCHUP_TIMEOUT_MS });
+      const bbMs = performance.now() - t;
+      if (bb.code !== 0) throw new Error(`pg_basebackup: ${bb.stderr}`);
+      let bbBytes = 0;
+      for (const f of await readdir(bbDir)) bbBytes += (await stat(join(bbDir, f))).size;
+      await rm(bbDir, { recursive: true, force: true });
+
+      const ratio = mib(fb.bytes, fbMs) / mib(bbBytes, bbMs);
+      ratios.push(ratio);
+      console.log(
+        `round ${round}: fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s; ` +
+          `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s; ratio ${ratio.toFixed(2)}`,
+      );
+    }
+    console.log(`fullbackup / pg_basebackup throughput ratio: ${ratios.map((r) => r.toFixed(2)).join(", ")} (goal >= 1.0)`);
+  } finally {
+    await removeTempDir(out);
+  }
+});
