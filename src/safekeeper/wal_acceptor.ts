@@ -16,11 +16,13 @@
  *   loop: XLogData -> append; fsync in batches; status update after each fsync
  *
  * Group commit: a reader puts XLogData payloads into a pending buffer; one
- * writer repeatedly takes everything pending (at most MAX_WRITE_BATCH_BYTES;
- * it first yields once to the event loop so messages already received from
- * the socket join the batch — "flush when nothing more is buffered"),
+ * writer repeatedly takes everything pending (at most MAX_WRITE_BATCH_BYTES),
  * writes it, fsyncs once and reports (Timeline.appendAndFlushFromCompute:
- * one critical section per batch). Several messages are copied into one
+ * one critical section per batch). The reader takes messages a socket chunk
+ * at a time (ReplicationStream.readBatch: zero-copy payload views, one await
+ * per chunk, not per message); the writer first yields once to the event
+ * loop so every chunk readable in this poll phase is pending before it
+ * writes — "flush when nothing more is buffered". Several messages are copied into one
  * batch buffer allocated once per connection and reused — WalStorage keeps
  * no reference to what it wrote — so the steady state allocates nothing
  * per batch. While one fsync runs, WAL of other
@@ -70,6 +72,12 @@ export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
  * wal_sender_timeout (60 s).
  */
 export const STATUS_INTERVAL_MS = 10_000;
+/**
+ * How often one long-lived timer checks whether STATUS_INTERVAL_MS passed
+ * without a status update (cheaper than arming a timer per idle wait; the
+ * longest gap is STATUS_INTERVAL_MS + this, still far below the timeout).
+ */
+const STATUS_CHECK_MS = 1_000;
 /** Bound on connecting and on the control queries before streaming. */
 export const CONNECT_TIMEOUT_MS = 10_000;
 /** SQLSTATE duplicate_object: the slot was created concurrently. */
@@ -397,28 +405,29 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
 
   /** Reused for batches of several messages (never handed out beyond one write). */
   const batchBuf = Buffer.allocUnsafe(MAX_WRITE_BATCH_BYTES);
+  let lastStatusMs = Date.now();
+  // Idle keep-alive: a status update when none was sent for STATUS_INTERVAL_MS.
+  const statusTimer = setInterval(() => {
+    if (done || Date.now() - lastStatusMs < STATUS_INTERVAL_MS) return;
+    lastStatusMs = Date.now();
+    try {
+      sendStatus();
+    } catch {
+      /* the stream just ended; the reader reports why */
+    }
+  }, STATUS_CHECK_MS);
   const writer = async (): Promise<void> => {
-    let lastStatusMs = Date.now();
     while (!done && !signal.aborted) {
       if (pendingBytes === 0) {
-        let timer: NodeJS.Timeout | undefined;
         await new Promise<void>((resolve) => {
           wakeWriter = resolve;
-          timer = setTimeout(resolve, STATUS_INTERVAL_MS);
         });
-        clearTimeout(timer);
         wakeWriter = undefined;
-        if (pendingBytes === 0) {
-          if (Date.now() - lastStatusMs >= STATUS_INTERVAL_MS && !done) {
-            sendStatus();
-            lastStatusMs = Date.now();
-          }
-          continue;
-        }
+        continue;
       }
-      // Let the reader drain messages already parsed from the socket (they are
-      // handed over in microtasks) so they share this batch's fsync instead of
-      // waiting for the next one.
+      // The reader hands over a socket chunk at a time, and WalStorage may write and fsync
+      // synchronously inside this microtask chain: yield once to the event loop so the other
+      // chunks of this poll phase (WAL that arrived while the last fsync ran) join this batch.
       await new Promise<void>((resolve) => setImmediate(resolve));
       // Take up to MAX_WRITE_BATCH_BYTES (whole messages; one message is at most the client's message limit).
       let take = 0;
@@ -450,25 +459,31 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
   };
 
   const reader = async (): Promise<void> => {
-    for await (const m of stream) {
-      if (m.kind === "XLogData") {
-        if (m.dataStart !== expected) {
-          throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
+    for (let batch = await stream.readBatch(); batch !== null; batch = await stream.readBatch()) {
+      let replyRequested = false;
+      for (const m of batch) {
+        if (m.kind === "XLogData") {
+          if (m.dataStart !== expected) {
+            throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
+          }
+          if (m.data.length === 0) continue;
+          pending.push(m.data);
+          pendingBytes += m.data.length;
+          expected = toLsn(expected + BigInt(m.data.length));
+        } else if (m.replyRequested) {
+          replyRequested = true;
         }
-        if (m.data.length === 0) continue;
-        pending.push(m.data);
-        pendingBytes += m.data.length;
-        expected = toLsn(expected + BigInt(m.data.length));
+      }
+      if (pendingBytes > 0) {
         const w = wakeWriter;
         wakeWriter = undefined;
         w?.();
-        while (pendingBytes > MAX_PENDING_BYTES && !signal.aborted) {
-          await new Promise<void>((resolve) => {
-            wakeReader = resolve;
-          });
-        }
-      } else if (m.replyRequested) {
-        sendStatus();
+      }
+      if (replyRequested) sendStatus();
+      while (pendingBytes > MAX_PENDING_BYTES && !signal.aborted && !done) {
+        await new Promise<void>((resolve) => {
+          wakeReader = resolve;
+        });
       }
     }
     throw new StrataError("io_error", `Compute ended the replication stream at ${formatLsn(expected)}`);
@@ -485,5 +500,6 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
     await Promise.all([writer().catch(failFast), reader().catch(failFast)]);
   } finally {
     done = true;
+    clearInterval(statusTimer);
   }
 }

@@ -15,6 +15,13 @@
  * * At most MAX_QUEUED_MESSAGES parsed messages wait for the consumer; beyond
  *   that the socket is paused, so a slow consumer of a replication stream
  *   applies TCP back-pressure to the server instead of growing memory.
+ * * Hot path (replication receive): every message of a socket chunk is
+ *   parsed synchronously in the 'data' callback (CopyData payloads are views
+ *   into the chunk, see parser.ts) and a batch reader
+ *   (`ReplicationStream.readBatch`) takes all of them with one promise
+ *   resolution per chunk rather than one per message, which is what an
+ *   async iterator costs. The per-message iterator stays for consumers that
+ *   do not care.
  * * One operation at a time: a client is used by one task; a second
  *   concurrent operation is a bug and asserts.
  * * Every wait is bounded: connect + startup + authentication by
@@ -46,7 +53,7 @@ import { BackendParser } from "./parser.js";
 import {
   parseServerReplicationMessage,
   pgTimestampNow,
-  serializeReplicationMessage,
+  serializeReplicationCopyData,
   type ClientReplicationMessage,
   type ServerReplicationMessage,
 } from "./replication.js";
@@ -129,6 +136,7 @@ export interface StreamEnd {
 }
 
 type Waiter = { resolve: (m: BackendMessage) => void; reject: (e: Error) => void };
+type BatchWaiter = { resolve: (ms: BackendMessage[]) => void; reject: (e: Error) => void };
 
 /** Quotes a replication-protocol identifier (slot name). */
 function quoteIdent(name: string): string {
@@ -144,6 +152,8 @@ export class PgClient {
   private readonly parser: BackendParser;
   private readonly queue: BackendMessage[] = [];
   private waiter: Waiter | null = null;
+  /** A batch read waiting: resolved once per socket chunk with everything that chunk completed. */
+  private batchWaiter: BatchWaiter | null = null;
   /** Rejects the pending TCP connect, if any. */
   private connectWaiter: ((e: Error) => void) | null = null;
   private failure: Error | null = null;
@@ -207,6 +217,12 @@ export class PgClient {
       this.fail(e instanceof Error ? e : new StrataError("internal", String(e)));
       return;
     }
+    if (this.batchWaiter !== null && this.queue.length > 0) {
+      const w = this.batchWaiter;
+      this.batchWaiter = null;
+      w.resolve(this.drainQueue());
+      return;
+    }
     if (this.queue.length >= MAX_QUEUED_MESSAGES && !this.paused) {
       this.paused = true;
       this.socket.pause();
@@ -240,6 +256,9 @@ export class PgClient {
     const w = this.waiter;
     this.waiter = null;
     w?.reject(e);
+    const bw = this.batchWaiter;
+    this.batchWaiter = null;
+    bw?.reject(e);
     const cw = this.connectWaiter;
     this.connectWaiter = null;
     cw?.(e);
@@ -265,9 +284,32 @@ export class PgClient {
       return Promise.resolve(m);
     }
     if (this.failure) return Promise.reject(this.failure);
-    assert(this.waiter === null, "PgClient: two concurrent reads");
+    assert(this.waiter === null && this.batchWaiter === null, "PgClient: two concurrent reads");
     return new Promise((resolve, reject) => {
       this.waiter = { resolve, reject };
+    });
+  }
+
+  /** Takes every queued message (resuming a paused socket). */
+  private drainQueue(): BackendMessage[] {
+    const out = this.queue.splice(0);
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
+    return out;
+  }
+
+  /**
+   * All messages received and not yet read (at least one; waits for the
+   * next socket chunk when none is queued), in order.
+   */
+  private readBatch(): Promise<BackendMessage[]> {
+    if (this.queue.length > 0) return Promise.resolve(this.drainQueue());
+    if (this.failure) return Promise.reject(this.failure);
+    assert(this.waiter === null && this.batchWaiter === null, "PgClient: two concurrent reads");
+    return new Promise((resolve, reject) => {
+      this.batchWaiter = { resolve, reject };
     });
   }
 
@@ -562,6 +604,14 @@ export class PgClient {
   _read(): Promise<BackendMessage> {
     return this.read();
   }
+  /** @internal used by ReplicationStream */
+  _readBatch(): Promise<BackendMessage[]> {
+    return this.readBatch();
+  }
+  /** @internal Puts messages taken by `_readBatch` but not consumed back at the front of the queue. */
+  _unread(ms: readonly BackendMessage[]): void {
+    this.queue.unshift(...ms);
+  }
   /** @internal */
   _write(data: Buffer): void {
     this.write(data);
@@ -588,17 +638,19 @@ export class PgClient {
 }
 
 /**
- * A physical replication stream in CopyBoth mode. Iterate it to receive
- * XLogData and keepalives; answer keepalives with `replyRequested` promptly
- * (the server disconnects after wal_sender_timeout without replies).
- * The iteration ends when the server ends the stream (`end` then says why);
- * `stop()` ends it from our side and returns the connection to query mode.
+ * A physical replication stream in CopyBoth mode. Iterate it (or call
+ * `readBatch()` in a loop, on hot paths) to receive XLogData and keepalives;
+ * answer keepalives with `replyRequested` promptly (the server disconnects
+ * after wal_sender_timeout without replies). The iteration ends when the
+ * server ends the stream (`end` then says why); `stop()` ends it from our
+ * side and returns the connection to query mode.
  */
 export class ReplicationStream implements AsyncIterable<ServerReplicationMessage> {
   /** Set when the server ended streaming (end of a historic timeline). */
   end: StreamEnd | null = null;
   private finished = false;
   private iterating = false;
+  private batchReading = false;
 
   constructor(
     private readonly client: PgClient,
@@ -608,7 +660,7 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
   /** Sends a client replication message (status update, hot standby or pageserver feedback). */
   send(m: ClientReplicationMessage): void {
     if (this.finished) throw new StrataError("invalid_argument", "Cannot send on a finished replication stream");
-    this.client._write(serializeFrontend({ kind: "CopyData", data: serializeReplicationMessage(m) }));
+    this.client._write(serializeReplicationCopyData(m));
   }
 
   /** Sends a standby status update stamped with the current time. */
@@ -616,31 +668,75 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
     this.send({ kind: "StandbyStatusUpdate", ...u, sendTime: pgTimestampNow(), replyRequested: u.replyRequested ?? false });
   }
 
+  /** Decodes one CopyData payload; a malformed one closes the connection. */
+  private parsePayload(m: BackendMessage & { kind: "CopyData" }): ServerReplicationMessage {
+    try {
+      return parseServerReplicationMessage(m.data);
+    } catch (e) {
+      this.client._unexpected(m, "replication (malformed payload)");
+      throw e;
+    }
+  }
+
+  /**
+   * Handles a message other than CopyData during streaming: the server's
+   * CopyDone ends the stream (returns), an ErrorResponse or anything else throws.
+   */
+  private async endOfCopy(m: BackendMessage): Promise<void> {
+    if (m.kind === "CopyDone") {
+      // The server ended streaming: acknowledge, then read the optional next-timeline row.
+      this.client._write(serializeFrontend({ kind: "CopyDone" }));
+      await this.finish();
+      return;
+    }
+    if (m.kind === "ErrorResponse") throw await this.failed(m.fields, `Replication from ${this.client._addr}`);
+    throw this.client._unexpected(m, "replication");
+  }
+
   async *[Symbol.asyncIterator](): AsyncIterator<ServerReplicationMessage> {
-    assert(!this.iterating, "ReplicationStream iterated twice");
+    assert(!this.iterating && !this.batchReading, "ReplicationStream iterated twice");
     this.iterating = true;
     while (!this.finished) {
       const m = await this.client._read();
       if (m.kind === "CopyData") {
-        let parsed: ServerReplicationMessage;
-        try {
-          parsed = parseServerReplicationMessage(m.data);
-        } catch (e) {
-          this.client._unexpected(m, "replication (malformed payload)");
-          throw e;
-        }
-        yield parsed;
-      } else if (m.kind === "CopyDone") {
-        // The server ended streaming: acknowledge, then read the optional next-timeline row.
-        this.client._write(serializeFrontend({ kind: "CopyDone" }));
-        await this.finish();
-        return;
-      } else if (m.kind === "ErrorResponse") {
-        throw await this.failed(m.fields, `Replication from ${this.client._addr}`);
+        yield this.parsePayload(m);
       } else {
-        throw this.client._unexpected(m, "replication");
+        await this.endOfCopy(m);
+        return;
       }
     }
+  }
+
+  /**
+   * The batch alternative to iterating (do not mix the two): every message
+   * received and not yet read, in order — at least one; it waits for the next
+   * socket chunk when none is queued — or `null` once the server has ended
+   * the stream (`end` then says why). One await per socket chunk instead of
+   * one per message. The XLogData payloads are views into the socket's
+   * buffers: valid until the consumer drops them, never modified by us.
+   */
+  async readBatch(): Promise<ServerReplicationMessage[] | null> {
+    assert(!this.iterating, "ReplicationStream.readBatch while iterating");
+    this.batchReading = true;
+    while (!this.finished) {
+      const raw = await this.client._readBatch();
+      const out: ServerReplicationMessage[] = [];
+      let i = 0;
+      for (; i < raw.length; i++) {
+        const m = raw[i]!;
+        if (m.kind !== "CopyData") break;
+        out.push(this.parsePayload(m));
+      }
+      if (i === raw.length) return out;
+      // A control message: hand back what precedes it first; it is read on the next call.
+      if (out.length > 0) {
+        this.client._unread(raw.slice(i));
+        return out;
+      }
+      this.client._unread(raw.slice(1));
+      await this.endOfCopy(raw[0]!);
+    }
+    return null;
   }
 
   /**

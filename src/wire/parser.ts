@@ -88,6 +88,29 @@ class ChunkQueue {
     this.available += chunk.length;
   }
 
+  /** The byte at offset `i` from the front (caller checked `i < available`), not consumed. */
+  byteAt(i: number): number {
+    let off = this.headOffset + i;
+    for (let k = 0; k < this.chunks.length; k++) {
+      const c = this.chunks[k]!;
+      if (off < c.length) return c[off]!;
+      off -= c.length;
+    }
+    return -1; // unreachable when i < available
+  }
+
+  /**
+   * The big-endian Int32 at offset `i` from the front (caller checked
+   * `i + 4 <= available`), not consumed: read in place when it lies in the
+   * first chunk, so framing a message allocates nothing.
+   */
+  int32At(i: number): number {
+    const first = this.chunks[0]!;
+    const off = this.headOffset + i;
+    if (off + 4 <= first.length) return first.readInt32BE(off);
+    return this.peek(i + 4).readInt32BE(i);
+  }
+
   /** Copies the first `n` available bytes without consuming them (n small). */
   peek(n: number): Buffer {
     const out = Buffer.allocUnsafe(n);
@@ -199,13 +222,12 @@ abstract class TypedParser<M> {
     const q = this.queue;
     if (q.available < 1) return null;
     const offset = q.consumed;
-    const header = q.peek(Math.min(5, q.available));
-    const typeByte = header[0]!;
+    const typeByte = q.byteAt(0);
     const code = String.fromCharCode(typeByte);
     // Reject an unknown type before waiting for its length: garbage fails on its first byte.
     if (!this.codes.has(code)) throw this.violation(offset, `unknown message type ${printableCode(typeByte)}`);
     if (q.available < 5) return null;
-    const length = header.readInt32BE(1);
+    const length = q.int32At(1);
     if (length < 4) throw this.violation(offset, `${this.codes.get(code)} length ${length} is below the minimum 4`);
     if (length > this.maxMessageBytes) {
       throw this.violation(offset, `${this.codes.get(code)} length ${length} exceeds the limit of ${this.maxMessageBytes} bytes`);
@@ -254,7 +276,7 @@ export class FrontendParser extends TypedParser<FrontendMessage> {
     const q = this.queue;
     if (q.available < 4) return null;
     const offset = q.consumed;
-    const length = q.peek(4).readInt32BE(0);
+    const length = q.int32At(0);
     if (length < MIN_STARTUP_PACKET_BYTES || length > MAX_STARTUP_PACKET_BYTES) {
       throw this.violation(
         offset,

@@ -16,6 +16,7 @@ import {
   pgTimestampFromUnixMs,
   pgTimestampNow,
   pgTimestampToUnixMs,
+  serializeReplicationCopyData,
   serializeReplicationMessage,
   type ClientReplicationMessage,
   type ServerReplicationMessage,
@@ -120,4 +121,13 @@ test("PostgreSQL timestamps: microseconds since 2000-01-01 UTC", () => {
   assert.equal(pgTimestampToUnixMs(pgTimestamp(86_400_000_000n)), Date.UTC(2000, 0, 2));
   const now = pgTimestampNow();
   assert.ok(Math.abs(pgTimestampToUnixMs(now) - Date.now()) < 1000);
+});
+
+test("serializeReplicationCopyData frames exactly like CopyData around serializeReplicationMessage", () => {
+  for (const m of [...serverMsgs, ...clientMsgs]) {
+    const framed = serializeReplicationCopyData(m);
+    const payload = serializeReplicationMessage(m);
+    assert.deepEqual(framed, serializeFrontend({ kind: "CopyData", data: payload }), m.kind);
+    assert.deepEqual(framed, serializeBackend({ kind: "CopyData", data: payload }), m.kind);
+  }
 });

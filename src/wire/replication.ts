@@ -128,60 +128,89 @@ const STATUS_UPDATE_BYTES = 34;
 const HOT_STANDBY_FEEDBACK_BYTES = 25;
 const PAGESERVER_FEEDBACK_BYTES = 33;
 
-function fixed(n: number): Buffer {
-  return Buffer.alloc(n);
+/** CopyData framing: type byte 'd' and the Int32 length (which counts itself, not the type byte). */
+const COPY_DATA_HEADER_BYTES = 5;
+const COPY_DATA_TYPE = 0x64; // 'd'
+
+/** Byte length of a payload (without CopyData framing). */
+function payloadBytes(m: ServerReplicationMessage | ClientReplicationMessage): number {
+  switch (m.kind) {
+    case "XLogData":
+      return XLOG_DATA_HEADER_BYTES + m.data.length;
+    case "PrimaryKeepalive":
+      return KEEPALIVE_BYTES;
+    case "StandbyStatusUpdate":
+      return STATUS_UPDATE_BYTES;
+    case "HotStandbyFeedback":
+      return HOT_STANDBY_FEEDBACK_BYTES;
+    case "PageserverFeedback":
+      return PAGESERVER_FEEDBACK_BYTES;
+  }
+}
+
+/** Writes the payload at `at` in `b` (which has room); every byte of the payload's range is written. */
+function writePayload(m: ServerReplicationMessage | ClientReplicationMessage, b: Buffer, at: number): void {
+  switch (m.kind) {
+    case "XLogData":
+      b[at] = TAG_XLOG_DATA;
+      b.writeBigUInt64BE(m.dataStart, at + 1);
+      b.writeBigUInt64BE(m.walEnd, at + 9);
+      b.writeBigInt64BE(m.sendTime, at + 17);
+      b.set(m.data, at + XLOG_DATA_HEADER_BYTES);
+      return;
+    case "PrimaryKeepalive":
+      b[at] = TAG_KEEPALIVE;
+      b.writeBigUInt64BE(m.walEnd, at + 1);
+      b.writeBigInt64BE(m.sendTime, at + 9);
+      b[at + 17] = m.replyRequested ? 1 : 0;
+      return;
+    case "StandbyStatusUpdate":
+      b[at] = TAG_STATUS_UPDATE;
+      b.writeBigUInt64BE(m.writeLsn, at + 1);
+      b.writeBigUInt64BE(m.flushLsn, at + 9);
+      b.writeBigUInt64BE(m.applyLsn, at + 17);
+      b.writeBigInt64BE(m.sendTime, at + 25);
+      b[at + 33] = m.replyRequested ? 1 : 0;
+      return;
+    case "HotStandbyFeedback":
+      b[at] = TAG_HOT_STANDBY_FEEDBACK;
+      b.writeBigInt64BE(m.sendTime, at + 1);
+      b.writeUInt32BE(m.xmin, at + 9);
+      b.writeUInt32BE(m.xminEpoch, at + 13);
+      b.writeUInt32BE(m.catalogXmin, at + 17);
+      b.writeUInt32BE(m.catalogXminEpoch, at + 21);
+      return;
+    case "PageserverFeedback":
+      b[at] = TAG_PAGESERVER_FEEDBACK;
+      b.writeBigUInt64BE(m.lastReceivedLsn, at + 1);
+      b.writeBigUInt64BE(m.diskConsistentLsn, at + 9);
+      b.writeBigUInt64BE(m.remoteConsistentLsn, at + 17);
+      b.writeBigInt64BE(m.replyTime, at + 25);
+      return;
+  }
 }
 
 /** Serializes a payload for a CopyData message (without the CopyData framing). */
 export function serializeReplicationMessage(m: ServerReplicationMessage | ClientReplicationMessage): Buffer {
-  switch (m.kind) {
-    case "XLogData": {
-      const b = Buffer.allocUnsafe(XLOG_DATA_HEADER_BYTES + m.data.length);
-      b[0] = TAG_XLOG_DATA;
-      b.writeBigUInt64BE(m.dataStart, 1);
-      b.writeBigUInt64BE(m.walEnd, 9);
-      b.writeBigInt64BE(m.sendTime, 17);
-      b.set(m.data, XLOG_DATA_HEADER_BYTES);
-      return b;
-    }
-    case "PrimaryKeepalive": {
-      const b = fixed(KEEPALIVE_BYTES);
-      b[0] = TAG_KEEPALIVE;
-      b.writeBigUInt64BE(m.walEnd, 1);
-      b.writeBigInt64BE(m.sendTime, 9);
-      b[17] = m.replyRequested ? 1 : 0;
-      return b;
-    }
-    case "StandbyStatusUpdate": {
-      const b = fixed(STATUS_UPDATE_BYTES);
-      b[0] = TAG_STATUS_UPDATE;
-      b.writeBigUInt64BE(m.writeLsn, 1);
-      b.writeBigUInt64BE(m.flushLsn, 9);
-      b.writeBigUInt64BE(m.applyLsn, 17);
-      b.writeBigInt64BE(m.sendTime, 25);
-      b[33] = m.replyRequested ? 1 : 0;
-      return b;
-    }
-    case "HotStandbyFeedback": {
-      const b = fixed(HOT_STANDBY_FEEDBACK_BYTES);
-      b[0] = TAG_HOT_STANDBY_FEEDBACK;
-      b.writeBigInt64BE(m.sendTime, 1);
-      b.writeUInt32BE(m.xmin, 9);
-      b.writeUInt32BE(m.xminEpoch, 13);
-      b.writeUInt32BE(m.catalogXmin, 17);
-      b.writeUInt32BE(m.catalogXminEpoch, 21);
-      return b;
-    }
-    case "PageserverFeedback": {
-      const b = fixed(PAGESERVER_FEEDBACK_BYTES);
-      b[0] = TAG_PAGESERVER_FEEDBACK;
-      b.writeBigUInt64BE(m.lastReceivedLsn, 1);
-      b.writeBigUInt64BE(m.diskConsistentLsn, 9);
-      b.writeBigUInt64BE(m.remoteConsistentLsn, 17);
-      b.writeBigInt64BE(m.replyTime, 25);
-      return b;
-    }
-  }
+  const b = Buffer.allocUnsafe(payloadBytes(m));
+  writePayload(m, b, 0);
+  return b;
+}
+
+/**
+ * Serializes a payload already framed as a CopyData message, in one
+ * allocation: the same bytes as `serializeFrontend/serializeBackend({ kind:
+ * "CopyData", data: serializeReplicationMessage(m) })` without the
+ * intermediate buffer and copy (the status update after every fsync is on
+ * the safekeeper's commit path).
+ */
+export function serializeReplicationCopyData(m: ServerReplicationMessage | ClientReplicationMessage): Buffer {
+  const n = payloadBytes(m);
+  const b = Buffer.allocUnsafe(COPY_DATA_HEADER_BYTES + n);
+  b[0] = COPY_DATA_TYPE;
+  b.writeInt32BE(4 + n, 1);
+  writePayload(m, b, COPY_DATA_HEADER_BYTES);
+  return b;
 }
 
 function reader(payload: Buffer, what: string, streamOffset: number): MessageReader {

@@ -1,0 +1,193 @@
+// ReplicationStream.readBatch against a scripted server over real TCP: the
+// batches, concatenated, are exactly the messages the server sent, however
+// the server's bytes were cut into TCP writes (1 byte, odd sizes, all at
+// once); the control messages after the WAL (CopyDone, the next-timeline
+// row, ReadyForQuery) end the stream cleanly even when they arrive in the
+// same chunk as WAL; an ErrorResponse after WAL is thrown only after that
+// WAL was returned; a malformed payload is a protocol_violation that closes
+// the connection. The scripted server is a raw socket writing bytes from our
+// own serializers (messages.ts, replication.ts), so the split points are ours.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type Socket } from "node:net";
+import { StrataError } from "../src/lib/errors.js";
+import { lsnAdd, parseLsn } from "../src/lib/lsn.js";
+import { PgClient, PgServerError } from "../src/wire/client.js";
+import { serializeBackend } from "../src/wire/messages.js";
+import { FrontendParser } from "../src/wire/parser.js";
+import { pgTimestamp, serializeReplicationMessage, type ServerReplicationMessage } from "../src/wire/replication.js";
+
+const START = parseLsn("0/3000000");
+const T = pgTimestamp(1234n);
+
+/** WAL payload sizes: small commits, one message larger than a 64 KiB socket read, an empty one. */
+const SIZES = [100, 8192, 3, 70000, 0, 777];
+
+function walBytes(n: number, seed: number): Buffer {
+  return Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));
+}
+
+function expectedMessages(): ServerReplicationMessage[] {
+  const out: ServerReplicationMessage[] = [];
+  let at = START;
+  SIZES.forEach((n, i) => {
+    out.push({ kind: "XLogData", dataStart: at, walEnd: at, sendTime: T, data: walBytes(n, i) });
+    at = lsnAdd(at, n);
+    if (i === 2) out.push({ kind: "PrimaryKeepalive", walEnd: at, sendTime: T, replyRequested: true });
+  });
+  return out;
+}
+
+const copyData = (m: ServerReplicationMessage): Buffer => serializeBackend({ kind: "CopyData", data: serializeReplicationMessage(m) });
+
+type Ending = "copydone" | "error" | "malformed";
+
+/** What the server sends after START_REPLICATION. */
+function script(ending: Ending): Buffer {
+  const parts: Buffer[] = [serializeBackend({ kind: "CopyBothResponse", format: 0, columnFormats: [] })];
+  for (const m of expectedMessages()) parts.push(copyData(m));
+  if (ending === "copydone") {
+    parts.push(
+      serializeBackend({ kind: "CopyDone" }),
+      serializeBackend({ kind: "RowDescription", fields: [{ name: "next_tli", tableOid: 0, columnAttr: 0, typeOid: 20, typeSize: 8, typeModifier: -1, format: 0 }, { name: "next_tli_startpos", tableOid: 0, columnAttr: 0, typeOid: 25, typeSize: -1, typeModifier: -1, format: 0 }] }),
+      serializeBackend({ kind: "DataRow", values: [Buffer.from("2"), Buffer.from("0/3022000")] }),
+      serializeBackend({ kind: "CommandComplete", tag: "SELECT 1" }),
+      serializeBackend({ kind: "CommandComplete", tag: "START_STREAMING" }),
+      serializeBackend({ kind: "ReadyForQuery", status: "I" }),
+    );
+  } else if (ending === "error") {
+    parts.push(
+      serializeBackend({ kind: "ErrorResponse", fields: { severity: "ERROR", code: "XX000", message: "requested WAL segment has been removed" } }),
+      serializeBackend({ kind: "ReadyForQuery", status: "I" }),
+    );
+  } else {
+    parts.push(serializeBackend({ kind: "CopyData", data: Buffer.from([0x77, 1, 2, 3]) }));
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * Bytes of the script written in pieces of the chosen size; the rest goes in
+ * 4 KiB pieces. It covers the small messages, the keepalive and the start of
+ * the large one, so tiny pieces exercise every kind of split without
+ * tens of thousands of writes.
+ */
+const SMALL_PIECES_PREFIX_BYTES = 12_000;
+const LATER_PIECE_BYTES = 4096;
+
+/**
+ * A server that accepts any startup, then answers the first Query with
+ * `script(ending)` written in pieces of `chunk` bytes (an event-loop turn
+ * between pieces, so the client sees many reads).
+ */
+async function withScriptedServer(ending: Ending, chunk: number, fn: (port: number) => Promise<void>): Promise<void> {
+  const sockets = new Set<Socket>();
+  const server = createServer((sock) => {
+    sockets.add(sock);
+    sock.setNoDelay(true);
+    sock.on("error", () => undefined);
+    const p = new FrontendParser();
+    sock.on("data", (b: Buffer) => {
+      p.push(b);
+      for (let m = p.next(); m !== null; m = p.next()) {
+        if (m.kind === "StartupMessage") {
+          sock.write(Buffer.concat([serializeBackend({ kind: "AuthenticationOk" }), serializeBackend({ kind: "ReadyForQuery", status: "I" })]));
+        } else if (m.kind === "Query") {
+          void (async () => {
+            const bytes = script(ending);
+            for (let off = 0; off < bytes.length && !sock.destroyed; ) {
+              const piece = off < SMALL_PIECES_PREFIX_BYTES ? chunk : Math.max(chunk, LATER_PIECE_BYTES);
+              sock.write(bytes.subarray(off, off + piece));
+              off += piece;
+              if (off < bytes.length) await new Promise((r) => setImmediate(r));
+            }
+          })();
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    await fn((server.address() as { port: number }).port);
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+/** Reads batches until `null` or an error; returns the messages and the error. */
+async function readAll(port: number): Promise<{ msgs: ServerReplicationMessage[]; batches: number; error: unknown; client: PgClient; end: unknown }> {
+  const client = await PgClient.connect({ host: "127.0.0.1", port, user: "u", replication: true, connectTimeoutMs: 5000 });
+  const stream = await client.startReplication({ startLsn: START, timeline: 1 });
+  const msgs: ServerReplicationMessage[] = [];
+  let batches = 0;
+  let error: unknown = null;
+  try {
+    for (let b = await stream.readBatch(); b !== null; b = await stream.readBatch()) {
+      assert.ok(b.length > 0, "a batch is never empty");
+      batches++;
+      msgs.push(...b);
+    }
+  } catch (e) {
+    error = e;
+  }
+  return { msgs, batches, error, client, end: stream.end };
+}
+
+const normalize = (ms: ServerReplicationMessage[]) => ms.map((m) => (m.kind === "XLogData" ? { ...m, data: m.data.toString("hex") } : m));
+
+test("readBatch returns exactly the server's messages in order for every write size, and ends at CopyDone", async () => {
+  const total = script("copydone").length;
+  for (const chunk of [1, 5, 4093, 65536, total]) {
+    await withScriptedServer("copydone", chunk, async (port) => {
+      const r = await readAll(port);
+      try {
+        assert.equal(r.error, null, `chunk ${chunk}: ${String(r.error)}`);
+        assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()), `chunk ${chunk}`);
+        assert.deepEqual(r.end, { nextTimeline: 2, nextTimelineStartLsn: parseLsn("0/3022000") });
+        assert.equal(r.client.closed, false, "the connection is back in query mode");
+        if (chunk === total) assert.ok(r.batches <= 3, `one write arrives in few batches (got ${r.batches})`);
+      } finally {
+        await r.client.close();
+      }
+    });
+  }
+});
+
+test("readBatch: an ErrorResponse after WAL is thrown after that WAL is returned; a malformed payload closes the connection", async () => {
+  await withScriptedServer("error", 1 << 20, async (port) => {
+    const r = await readAll(port);
+    try {
+      assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()));
+      assert.ok(r.error instanceof PgServerError && r.error.sqlstate === "XX000" && /segment has been removed/.test(r.error.message), String(r.error));
+      assert.equal(r.client.closed, false, "after an ERROR the connection is ready for queries again");
+    } finally {
+      await r.client.close();
+    }
+  });
+  for (const chunk of [3, 1 << 20]) {
+    await withScriptedServer("malformed", chunk, async (port) => {
+      const r = await readAll(port);
+      assert.ok(r.error instanceof StrataError && r.error.code === "protocol_violation" && /XLogData/.test(r.error.message), String(r.error));
+      assert.equal(r.client.closed, true);
+      // Messages before the malformed one may or may not have been returned (the connection is lost either way), never out of order.
+      assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()).slice(0, r.msgs.length));
+    });
+  }
+});
+
+test("readBatch and iteration do not mix", async () => {
+  await withScriptedServer("copydone", 1 << 20, async (port) => {
+    const client = await PgClient.connect({ host: "127.0.0.1", port, user: "u", replication: true, connectTimeoutMs: 5000 });
+    try {
+      const stream = await client.startReplication({ startLsn: START, timeline: 1 });
+      assert.equal((await stream.readBatch())?.[0]?.kind, "XLogData");
+      await assert.rejects(async () => {
+        for await (const m of stream) void m;
+      }, /iterated twice/);
+    } finally {
+      await client.close();
+    }
+  });
+});
