@@ -3,9 +3,12 @@
  * pgbench-generated WAL stream, next to the replay rate of an unmodified
  * PostgreSQL 15 hot standby fed the same WAL, in the same run.
  *
- *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--only pageserver|standby]
+ *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--only pageserver|standby] [--keep-wal DIR]
  *
- * (`--only` runs one contender, e.g. under `node --cpu-prof`.)
+ * (`--only` runs one contender, e.g. under `node --cpu-prof`. `--keep-wal DIR`
+ * saves the generated base copy and WAL in DIR, or reuses them when DIR
+ * already holds them, so repeated runs while tuning skip the pgbench phase;
+ * the scale and transaction flags are then ignored.)
  *
  * Set-up: a primary is initdb'd and stopped cleanly; a copy of that data
  * directory is the common starting point of both contenders (the pageserver
@@ -30,7 +33,7 @@
  * pageserver fsyncs its layer files as in production, so the ratio is if
  * anything unfavourable to the pageserver.
  */
-import { cp, readFile, readdir, rm, writeFile, appendFile } from "node:fs/promises";
+import { appendFile, cp, mkdir, open, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseControlFile } from "../src/formats/pg_control.js";
@@ -63,11 +66,16 @@ function flag(name: string, dflt: number): number {
 const scale = flag("scale", 10);
 const transactions = flag("transactions", 20_000);
 const rounds = flag("rounds", 1);
+const keepIdx = process.argv.indexOf("--keep-wal");
+const keepDir = keepIdx >= 0 ? process.argv[keepIdx + 1] : undefined;
+if (keepIdx >= 0 && keepDir === undefined) throw new Error("--keep-wal needs a directory");
 const onlyIdx = process.argv.indexOf("--only");
 const only = onlyIdx >= 0 ? process.argv[onlyIdx + 1] : undefined;
 if (only !== undefined && only !== "pageserver" && only !== "standby") throw new Error(`--only takes pageserver or standby, got ${only}`);
 /** Poll interval of the standby's replay position: small next to a replay of seconds. */
 const REPLAY_POLL_MS = 20;
+/** WAL read size of the pageserver contender: about what a WAL receiver's messages add up to between yields. */
+const READ_CHUNK_BYTES = 1024 * 1024;
 /** Bound on one standby replay. */
 const REPLAY_TIMEOUT_MS = 600_000;
 
@@ -112,7 +120,12 @@ async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Prom
   }
 }
 
-async function pageserverIngest(baseDir: string, walDir: string, importLsn: Lsn, endLsn: Lsn): Promise<{ ms: number; records: number; layers: number }> {
+async function pageserverIngest(
+  baseDir: string,
+  walDir: string,
+  importLsn: Lsn,
+  endLsn: Lsn,
+): Promise<{ ms: number; flushMs: number; records: number; layers: number }> {
   const dataDir = await makeTempDir("psingest");
   const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0 };
   const ps = await Pageserver.start({ config, log: createLogger({ component: "bench", level: "warn" }), registry: createRegistry({ defaultMetrics: false }) });
@@ -128,39 +141,68 @@ async function pageserverIngest(baseDir: string, walDir: string, importLsn: Lsn,
     let seg = segmentNumber(importLsn);
     let offset = segmentOffset(importLsn);
     const names = new Set(await readdir(walDir));
+    // Segments are read in READ_CHUNK_BYTES pieces into two alternating
+    // buffers, as a WAL receiver gets the stream in messages: a fresh 16 MiB
+    // buffer per segment would mostly measure first-touch page faults. A
+    // buffer is refilled only once the decoder consumed it (it keeps views of
+    // what it was fed): all that is still buffered lies in the other one.
+    const ring = [Buffer.allocUnsafe(READ_CHUNK_BYTES), Buffer.allocUnsafe(READ_CHUNK_BYTES)];
+    let lastFed = 0;
+    let turn = 0;
     outer: for (;;) {
       const name = walFileName(1, seg);
       if (!names.has(name)) break;
-      decoder.feed((await readFile(join(walDir, name))).subarray(offset));
-      for (;;) {
-        let r: DecodedRecord | undefined;
-        try {
-          r = decoder.next();
-        } catch (e) {
-          if ((e as { endOfWal?: boolean }).endOfWal === true) break outer;
-          throw e;
+      const fh = await open(join(walDir, name), "r");
+      try {
+        for (;;) {
+          let buf = ring[turn++ % ring.length]!;
+          if (decoder.bufferedBytes > lastFed) buf = Buffer.allocUnsafe(READ_CHUNK_BYTES); // still viewed: never overwrite
+          const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
+          if (bytesRead === 0) break;
+          offset += bytesRead;
+          decoder.feed(buf.subarray(0, bytesRead));
+          lastFed = bytesRead;
+          for (;;) {
+            let r: DecodedRecord | undefined;
+            try {
+              r = decoder.next();
+            } catch (e) {
+              if ((e as { endOfWal?: boolean }).endOfWal === true) break outer;
+              throw e;
+            }
+            if (r === undefined) break;
+            if (r.lsn > endLsn) break outer;
+            await ingest.ingestRecord(r, ctx);
+            records++;
+          }
         }
-        if (r === undefined) break;
-        if (r.lsn > endLsn) break outer;
-        await ingest.ingestRecord(r, ctx);
-        records++;
+      } finally {
+        await fh.close();
       }
       seg++;
       offset = 0;
     }
+    const tFlush = performance.now();
     await tl.checkpoint();
     const ms = performance.now() - t0;
     if (tl.lastRecordLsn <= endLsn) throw new Error(`pageserver ingested up to ${formatLsn(tl.lastRecordLsn)}, want past ${formatLsn(endLsn)}`);
-    return { ms, records, layers: tl.layerInfos().length };
+    return { ms, flushMs: performance.now() - tFlush, records, layers: tl.layerInfos().length };
   } finally {
     await ps.stop();
     await rm(dataDir, { recursive: true, force: true });
   }
 }
 
-async function main(): Promise<void> {
+interface Workload {
+  readonly base: string;
+  readonly walCopy: string;
+  readonly importLsn: Lsn;
+  readonly endLsn: Lsn;
+}
+
+/** Runs the primary, pgbench and leaves the common base copy and the WAL in `work`. */
+async function generateWorkload(work: string): Promise<Workload> {
   const pg = await startPostgres({ settings: { max_wal_size: "8GB", checkpoint_timeout: "1h", wal_keep_size: "8GB", autovacuum: false } });
-  const work = await makeTempDir("ingestbench");
   try {
     await pg.stop("fast");
     const cf = parseControlFile(new Uint8Array(await readFile(join(pg.dataDir, "global", "pg_control"))));
@@ -175,10 +217,34 @@ async function main(): Promise<void> {
     await pg.stop("fast");
     const cf2 = parseControlFile(new Uint8Array(await readFile(join(pg.dataDir, "global", "pg_control"))));
     const endLsn = cf2.checkPoint;
-    const walMb = Number(endLsn - importLsn) / 1e6;
-    console.log(`workload: pgbench -s ${scale}, ${transactions} transactions: ${walMb.toFixed(1)} MB of WAL (${formatLsn(importLsn)}..${formatLsn(endLsn)}), generated in ${((performance.now() - tg) / 1000).toFixed(1)} s`);
+    console.log(`workload: pgbench -s ${scale}, ${transactions} transactions, generated in ${((performance.now() - tg) / 1000).toFixed(1)} s`);
     const walCopy = join(work, "wal");
     await cp(pg.walDir, walCopy, { recursive: true });
+    return { base, walCopy, importLsn, endLsn };
+  } finally {
+    await pg.destroy();
+  }
+}
+
+const KEPT_META = "workload.json";
+
+async function main(): Promise<void> {
+  if (keepDir !== undefined) await mkdir(keepDir, { recursive: true });
+  const work = keepDir ?? (await makeTempDir("ingestbench"));
+  try {
+    let w: Workload;
+    const kept = keepDir === undefined ? undefined : await readFile(join(keepDir, KEPT_META), "utf8").catch(() => undefined);
+    if (kept !== undefined) {
+      const m = JSON.parse(kept) as { importLsn: string; endLsn: string };
+      w = { base: join(work, "base"), walCopy: join(work, "wal"), importLsn: parseLsn(m.importLsn), endLsn: parseLsn(m.endLsn) };
+      console.log(`workload: reused from ${work}`);
+    } else {
+      w = await generateWorkload(work);
+      if (keepDir !== undefined) await writeFile(join(keepDir, KEPT_META), JSON.stringify({ importLsn: formatLsn(w.importLsn), endLsn: formatLsn(w.endLsn) }));
+    }
+    const { base, walCopy, importLsn, endLsn } = w;
+    const walMb = Number(endLsn - importLsn) / 1e6;
+    console.log(`WAL: ${walMb.toFixed(1)} MB (${formatLsn(importLsn)}..${formatLsn(endLsn)})`);
 
     for (let round = 1; round <= rounds; round++) {
       let sbRate: number | undefined;
@@ -191,13 +257,15 @@ async function main(): Promise<void> {
       if (only !== "standby") {
         const ps = await pageserverIngest(base, walCopy, importLsn, endLsn);
         psRate = walMb / (ps.ms / 1000);
-        console.log(`round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ${ps.layers} layer files (read + decode + ingest + flush)`);
+        console.log(
+          `round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ` +
+            `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s)`,
+        );
       }
       if (sbRate !== undefined && psRate !== undefined) console.log(`round ${round}: ratio pageserver / standby = ${(psRate / sbRate).toFixed(2)} (goal >= 1.0)`);
     }
   } finally {
-    await pg.destroy();
-    await rm(work, { recursive: true, force: true });
+    if (keepDir === undefined) await rm(work, { recursive: true, force: true });
   }
 }
 

@@ -108,6 +108,17 @@ test("WAL record values round trip through the layer value encoding and back to 
   assert.equal(input.record.xid, 777);
   assert.equal(input.record.blocks[0]!.blockNumber, 7);
   assert.deepEqual(input.record.raw, raw);
+  // The same record for another block shares the encoded bytes but not the flags;
+  // another record (same bytes, other LSN) gets its own header.
+  const again = walRecordValue(rec, false);
+  assert.equal(again.willInit, false);
+  assert.equal(again.engine, undefined);
+  assert.deepEqual(again.rec, v.rec);
+  const moved = walRecordValue(decodeRecord(raw, lsn(0x2000100), lsn(0x2000100 + raw.length)), false);
+  const movedInput = redoInputOf(moved);
+  assert.ok(movedInput.kind === "wal" && movedInput.record.lsn === lsn(0x2000100));
+  const backAgain = redoInputOf(walRecordValue(rec, false));
+  assert.ok(backAgain.kind === "wal" && backAgain.record.lsn === at);
   // the marker
   assert.equal(redoInputOf(ZERO_PAGE_VALUE).kind, "zeroPage");
   assert.ok(isZeroPageMarker(decodeValue(encodeValue(ZERO_PAGE_VALUE))));

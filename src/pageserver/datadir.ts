@@ -302,17 +302,31 @@ export const WAL_VALUE_HEADER_BYTES = 12;
  * so `redoInputOf` can rebuild the DecodedRecord without outside context.
  */
 export function walRecordValue(rec: Pick<DecodedRecord, "lsn" | "endLsn" | "raw">, willInit: boolean, engine?: RedoEngine): WalValue {
-  const end = recordVersionLsn(rec);
-  const span = end - rec.lsn;
-  // (messages built only on failure: this runs for every stored record)
-  if (!(span > 0n && span <= 0xffffffffn)) assert(false, `record at ${formatLsn(rec.lsn)} spans ${span} bytes`);
-  const out = new Uint8Array(WAL_VALUE_HEADER_BYTES + rec.raw.length);
-  const v = view(out);
-  v.setBigUint64(0, rec.lsn, true);
-  v.setUint32(8, Number(span), true);
-  out.set(rec.raw, WAL_VALUE_HEADER_BYTES);
+  let out: Uint8Array;
+  if (rec.raw === lastWalValue.raw && rec.lsn === lastWalValue.lsn && rec.endLsn === lastWalValue.endLsn) {
+    // The same record stored for another of its blocks: the bytes are equal and values are never mutated.
+    out = lastWalValue.out;
+  } else {
+    const end = recordVersionLsn(rec);
+    const span = end - rec.lsn;
+    // (messages built only on failure: this runs for every stored record)
+    if (!(span > 0n && span <= 0xffffffffn)) assert(false, `record at ${formatLsn(rec.lsn)} spans ${span} bytes`);
+    out = new Uint8Array(WAL_VALUE_HEADER_BYTES + rec.raw.length);
+    const v = view(out);
+    v.setBigUint64(0, rec.lsn, true);
+    v.setUint32(8, Number(span), true);
+    out.set(rec.raw, WAL_VALUE_HEADER_BYTES);
+    lastWalValue = { raw: rec.raw, lsn: rec.lsn, endLsn: rec.endLsn, out };
+  }
   return engine === undefined ? { kind: "wal", willInit, rec: out } : { kind: "wal", willInit, rec: out, engine };
 }
+
+/**
+ * The last record walRecordValue encoded: a record touching several blocks is
+ * stored once per block, and this spares a copy of it per block. Only the
+ * newest is kept (holding one record's bytes).
+ */
+let lastWalValue: { raw: Uint8Array; lsn: Lsn; endLsn: Lsn; out: Uint8Array } = { raw: new Uint8Array(0), lsn: 0n as Lsn, endLsn: 0n as Lsn, out: new Uint8Array(0) };
 
 /**
  * The zero-page marker: "this block is an all-zero page from this LSN on".

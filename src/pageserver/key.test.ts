@@ -67,3 +67,28 @@ test("invalid construction and corrupt keys are reported precisely", () => {
   assert.throws(() => decodeKey(parseKey("0403" + "0".repeat(32))), /cluster file 3/);
   assert.throws(() => keyFromBytes(new Uint8Array(10)), /only 10 bytes/);
 });
+
+test("relation keys are the documented bytes for extreme and random fields", () => {
+  const cases: Array<[number, number, number, number, number]> = [
+    [0xffffffff, 0xffffffff, 0xffffffff, 3, 0xfffffffe],
+    [1663, 5, 1, 0, 0],
+  ];
+  for (let i = 0; i < 200; i++) {
+    const r = () => Math.floor(Math.random() * 0x1_0000_0000);
+    cases.push([r(), r(), Math.max(1, r()), i % 4, r() % 0xffffffff]);
+  }
+  for (const [spcOid, dbOid, relNumber, fork, block] of cases) {
+    const b = Buffer.from(keyToBytes(relBlockKey({ spcOid, dbOid, relNumber, fork }, block)));
+    assert.equal(b[0], 0);
+    assert.deepEqual([b.readUInt32BE(1), b.readUInt32BE(5), b.readUInt32BE(9), b[13], b.readUInt32BE(14)], [spcOid, dbOid, relNumber, fork, block]);
+    const d = Buffer.from(keyToBytes(relDirKey(spcOid, dbOid)));
+    assert.deepEqual([d[0], d.readUInt32BE(1), d.readUInt32BE(5), d.readUInt32BE(9), d[13], d.readUInt32BE(14)], [0, spcOid, dbOid, 0, 0, 1]);
+    assert.equal(Buffer.from(keyToBytes(relmapKey(spcOid, dbOid))).readUInt32BE(14), 0);
+    const s = Buffer.from(keyToBytes(relSizeKey({ spcOid, dbOid, relNumber, fork })));
+    assert.equal(s.readUInt32BE(14), 0xffffffff);
+    assert.deepEqual(s.subarray(0, 14), b.subarray(0, 14));
+  }
+  assert.throws(() => relBlockKey({ spcOid: -1, dbOid: 5, relNumber: 1, fork: 0 }, 0), /spcOid -1/);
+  assert.throws(() => relBlockKey({ spcOid: 1, dbOid: 5, relNumber: 1, fork: 4 }, 0), /fork 4/);
+  assert.throws(() => relSizeKey({ spcOid: 1, dbOid: 2 ** 32, relNumber: 1, fork: 0 }), /dbOid/);
+});

@@ -118,23 +118,40 @@ function relFields(spcOid: number, dbOid: number, relNumber: number, fork: numbe
   ] as const;
 }
 
+function isU32(v: number): boolean {
+  return (v >>> 0) === v;
+}
+
+/**
+ * A relation-space key computed directly (ingest builds several per WAL
+ * record): namespace 0 is the top byte, so the key is spc << 104 | db << 72 |
+ * rel << 40 | fork << 32 | block, with fork and block combined exactly in a
+ * double (< 2^40). Same value as build(NS_REL, relFields(...)).
+ */
+function relKey(spcOid: number, dbOid: number, relNumber: number, fork: number, block: number): Key {
+  if (!isU32(spcOid) || !isU32(dbOid) || !isU32(relNumber) || !isU32(block) || !Number.isInteger(fork) || fork < 0 || fork > MAX_FORK) {
+    return build(NS_REL, relFields(spcOid, dbOid, relNumber, fork, block)); // throws the precise error
+  }
+  return ((BigInt(spcOid) << 104n) | (BigInt(dbOid) << 72n) | (BigInt(relNumber) << 40n) | BigInt(fork * 0x1_0000_0000 + block)) as Key;
+}
+
 export function relBlockKey(rel: RelTag, blockNumber: number): Key {
   if (rel.relNumber === 0) throw new StrataError("invalid_argument", "Cannot build key: relNumber 0 is reserved");
   if (blockNumber === SIZE_BLOCK) throw new StrataError("invalid_argument", "Cannot build key: block 0xFFFFFFFF is InvalidBlockNumber");
-  return build(NS_REL, relFields(rel.spcOid, rel.dbOid, rel.relNumber, rel.fork, blockNumber));
+  return relKey(rel.spcOid, rel.dbOid, rel.relNumber, rel.fork, blockNumber);
 }
 
 export function relSizeKey(rel: RelTag): Key {
   if (rel.relNumber === 0) throw new StrataError("invalid_argument", "Cannot build key: relNumber 0 is reserved");
-  return build(NS_REL, relFields(rel.spcOid, rel.dbOid, rel.relNumber, rel.fork, SIZE_BLOCK));
+  return relKey(rel.spcOid, rel.dbOid, rel.relNumber, rel.fork, SIZE_BLOCK);
 }
 
 export function relmapKey(spcOid: number, dbOid: number): Key {
-  return build(NS_REL, relFields(spcOid, dbOid, 0, 0, 0));
+  return relKey(spcOid, dbOid, 0, 0, 0);
 }
 
 export function relDirKey(spcOid: number, dbOid: number): Key {
-  return build(NS_REL, relFields(spcOid, dbOid, 0, 0, 1));
+  return relKey(spcOid, dbOid, 0, 0, 1);
 }
 
 export const DBDIR_KEY: Key = build(NS_DBDIR, []);

@@ -4,14 +4,14 @@ import { readdir, readFile, truncate, appendFile, writeFile, stat } from "node:f
 import { join } from "node:path";
 import { StrataError } from "../../lib/errors.js";
 import { lsn, type Lsn } from "../../lib/lsn.js";
-import { KEY_END, relBlockKey, type Key } from "../key.js";
+import { formatKey, KEY_END, keyToBytes, relBlockKey, type Key } from "../key.js";
 import { DeltaLayerReader, DeltaLayerWriter } from "./delta_layer.js";
 import { ImageLayerReader } from "./image_layer.js";
-import { HEADER_SIZE_BYTES } from "./layer_file.js";
+import { HEADER_SIZE_BYTES, readKey, writeKey } from "./layer_file.js";
 import { IndexPageCache } from "./page_cache.js";
 import type { KeyRange, LsnRange } from "./range.js";
 import { assertCorrupt, Rng, withTempDir } from "./test_support.js";
-import { isBase, type Value, type ValueEntry } from "./value.js";
+import { encodeValue, isBase, type Value, type ValueEntry } from "./value.js";
 
 const cmp = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0);
 
@@ -229,4 +229,57 @@ test("truncated or extended files and the wrong layer kind are rejected at open"
     await assertCorrupt(() => ImageLayerReader.open(written.path), written.path, "opened as image");
     await assert.rejects(DeltaLayerReader.open(join(dir, "missing")), (e: unknown) => e instanceof StrataError && e.code === "not_found");
   });
+});
+
+test("values crossing the 1 MiB output buffer (and larger than it) round-trip; putEncoded awaits only when it must", async () => {
+  await withTempDir(async (dir) => {
+    const rng = new Rng(77);
+    // Sizes chosen to land on and across output-buffer boundaries: tiny, page-sized, 300 KiB, 1 MiB + 1, 2.5 MiB.
+    const sizes = [1, 8193, 300 * 1024, 1024 * 1024 + 1, 5, 2.5 * 1024 * 1024, 700 * 1024, 12, 1024 * 1024 - 4, 3];
+    const entries: Array<{ key: Key; lsn: Lsn; encoded: Uint8Array }> = [];
+    for (let i = 0; i < 400; i++) {
+      const encoded = encodeValue({ kind: "image", bytes: rng.bytes(i < sizes.length * 4 ? sizes[i % sizes.length]! : rng.int(200)) });
+      // Several versions per key, so the writer's reuse of a key's bytes is exercised too.
+      entries.push({ key: relBlockKey(REL, Math.floor(i / 3)), lsn: (LR.start + BigInt(i % 3)) as Lsn, encoded });
+    }
+    const w = await DeltaLayerWriter.create({ dir, keyRange: KR, lsnRange: LR });
+    let pendingCount = 0;
+    for (const e of entries) {
+      const pending = w.putEncoded(e.key, e.lsn, e.encoded);
+      if (pending !== undefined) {
+        pendingCount++;
+        await pending;
+      }
+    }
+    assert.ok(pendingCount > 0 && pendingCount < entries.length / 4, `awaited ${pendingCount} of ${entries.length} puts`);
+    const written = await w.finish();
+    const r = await DeltaLayerReader.open(written.path, { cache: new IndexPageCache(64) });
+    try {
+      const got = await collect(r.iterateEncoded());
+      assert.equal(got.length, entries.length);
+      got.forEach((g, i) => {
+        assert.equal(g.key, entries[i]!.key);
+        assert.equal(g.lsn, entries[i]!.lsn);
+        assert.ok(Buffer.from(g.encoded).equals(entries[i]!.encoded), `value ${i}`);
+      });
+      const versions = await r.getValues(entries[5]!.key, LR);
+      assert.equal(versions.length, 3);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+test("writeKey writes the same 18 bytes as keyToBytes, for extreme and random keys", () => {
+  const rng = new Rng(5);
+  const keys: bigint[] = [0n, 1n, KEY_END - 1n, 1n << 128n, (1n << 64n) - 1n, 1n << 64n];
+  for (let i = 0; i < 500; i++) keys.push(BigInt("0x" + Buffer.from(rng.bytes(18)).toString("hex")));
+  const b = Buffer.alloc(20, 0xaa);
+  for (const k of keys) {
+    writeKey(b, 1, k as Key);
+    assert.deepEqual(b.subarray(1, 19), Buffer.from(keyToBytes(k as Key)), formatKey(k));
+    assert.equal(b[0], 0xaa);
+    assert.equal(b[19], 0xaa);
+    assert.equal(readKey(b, 1), k);
+  }
 });

@@ -16,11 +16,11 @@
  */
 import { StrataError } from "../../lib/errors.js";
 import { formatLsn, lsnMax, lsnMin, type Lsn } from "../../lib/lsn.js";
-import { formatKey, type Key } from "../key.js";
+import { formatKey, KEY_SIZE_BYTES, type Key } from "../key.js";
 import type { IndexPageCache } from "./page_cache.js";
 import { formatLayerFileName, type LayerDesc } from "./layer_name.js";
 import {
-  deltaEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, type LayerFileSummary, type LeafEntry, type ReadWindow,
+  deltaEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, writeKey, type LayerFileSummary, type LeafEntry, type ReadWindow,
 } from "./layer_file.js";
 import { formatKeyRange, formatLsnRange, keyRangeContains, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
 import { decodeValue, encodeValue, isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
@@ -39,7 +39,10 @@ export interface WrittenLayer extends LayerFileSummary {
 
 /** Streams (key, LSN, value) entries, sorted by (key, LSN), into a new delta layer file. */
 export class DeltaLayerWriter {
+  /** The entry key being written: 18-byte key then 8-byte LSN (deltaEntryKey's layout). */
   private readonly entryKey = Buffer.allocUnsafe(26);
+  /** The key whose bytes entryKey holds, if any. */
+  private lastKey: Key | undefined;
 
   private constructor(
     private readonly file: LayerFileWriter,
@@ -73,15 +76,26 @@ export class DeltaLayerWriter {
     await this.putEncoded(key, lsn, encodeValue(value));
   }
 
-  /** Appends an already-encoded value (value.ts encoding), e.g. copied from another layer. */
-  async putEncoded(key: Key, lsn: Lsn, encoded: Uint8Array): Promise<void> {
-    if (!keyRangeContains(this.desc.keyRange, key)) {
-      throw new StrataError("invalid_argument", `Delta layer: key ${formatKey(key)} outside ${formatKeyRange(this.desc.keyRange)}`);
+  /**
+   * Appends an already-encoded value (value.ts encoding), e.g. copied from
+   * another layer. Returns a promise only when the file writer must write
+   * (see LayerFileWriter.add); await it before the next put. The key's 18
+   * bytes are reused while consecutive puts name the same key (a flush puts
+   * every version of a key in a row).
+   */
+  putEncoded(key: Key, lsn: Lsn, encoded: Uint8Array): Promise<void> | undefined {
+    if (key !== this.lastKey) {
+      if (!keyRangeContains(this.desc.keyRange, key)) {
+        throw new StrataError("invalid_argument", `Delta layer: key ${formatKey(key)} outside ${formatKeyRange(this.desc.keyRange)}`);
+      }
+      writeKey(this.entryKey, 0, key);
+      this.lastKey = key;
     }
     if (!lsnRangeContains(this.desc.lsnRange, lsn)) {
       throw new StrataError("invalid_argument", `Delta layer: LSN ${formatLsn(lsn)} outside ${formatLsnRange(this.desc.lsnRange)}`);
     }
-    await this.file.add(deltaEntryKey(key, lsn, this.entryKey), encoded);
+    this.entryKey.writeBigUInt64BE(lsn, KEY_SIZE_BYTES);
+    return this.file.add(this.entryKey, encoded);
   }
 
   async finish(): Promise<WrittenLayer> {

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readdir } from "node:fs/promises";
+import { mkdir, readdir } from "node:fs/promises";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { StrataError } from "../../lib/errors.js";
@@ -135,6 +135,31 @@ test("in-memory layer keeps values out of the JavaScript heap (64 MiB of pages, 
       const newest = got[0]!;
       assert.equal(newest.lsn, lsn(START + 7n * 1024n + 5n));
       assert.ok(newest.value.kind === "image" && newest.value.bytes[0] === ((7 * 1024 + 5) & 0xff) && newest.value.bytes[1] === (7 * 1024 + 5) >> 8);
+    } finally {
+      layer.close();
+    }
+  });
+});
+
+test("flush groups: any group and read-window size writes the same delta layer (grouped sweep, direct reads, per-value keys)", async () => {
+  await withTempDir(async (dir) => {
+    const layer = InMemoryLayer.create({ dir, startLsn: START, writeBufferBytes: 4096 });
+    try {
+      const model = fill(layer, new Rng(99), 3000, 150);
+      layer.freeze(lsn(layer.lastPutLsn! + 1n));
+      // 9000-byte groups: a key with two 8 KiB images exceeds a group (read value by value);
+      // a 100-byte window is smaller than most values (read directly into the group buffer).
+      const configs = [{}, { groupBytes: 20_000, readChunkBytes: 4096 }, { groupBytes: 9000, readChunkBytes: 100 }, { groupBytes: 1 << 20, readChunkBytes: 777 }];
+      for (const [i, cfg] of configs.entries()) {
+        const sub = `${dir}/out${i}`;
+        await mkdir(sub);
+        const written = await layer.writeDeltaLayer(sub, cfg);
+        const r = await DeltaLayerReader.open(written.path);
+        const flushed: ValueEntry[] = [];
+        for await (const e of r.iterate()) flushed.push(e);
+        await r.close();
+        assert.deepEqual(flushed, model, `config ${JSON.stringify(cfg)}`);
+      }
     } finally {
       layer.close();
     }

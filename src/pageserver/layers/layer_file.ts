@@ -118,9 +118,15 @@ export function checkIndexPageSize(size: number): void {
   }
 }
 
-/** Writes an 18-byte key big-endian at `off`. */
+/**
+ * Writes an 18-byte key big-endian at `off`: 2 + 8 + 8 bytes through 64-bit
+ * writes (about twice as fast as formatting the key as hex and parsing it
+ * back, and it runs once per value written to a layer).
+ */
 export function writeKey(buf: Buffer, off: number, k: Key): void {
-  buf.write(k.toString(16).padStart(36, "0"), off, 18, "hex");
+  buf.writeUInt16BE(Number(k >> 128n), off);
+  buf.writeBigUInt64BE(BigInt.asUintN(64, k >> 64n), off + 2);
+  buf.writeBigUInt64BE(BigInt.asUintN(64, k), off + 10);
 }
 
 export function readKey(buf: Buffer, off: number): Key {
@@ -259,11 +265,18 @@ export async function fsyncDir(dir: string): Promise<void> {
 /**
  * Streams entries (sorted strictly by entry key) into a new layer file.
  * Memory: one output buffer, one leaf page, and the first key of each leaf.
+ *
+ * `add` is the hot path of every flush and compaction (one call per value):
+ * it copies the value and its CRC straight into the output buffer and the
+ * entry into the leaf page, allocating nothing, and returns a promise only
+ * when a buffer must be written out (once per WRITE_BUFFER_BYTES, or per
+ * value larger than the room left), so callers await only then.
  */
 export class LayerFileWriter {
   private readonly keyBytes: number;
   private readonly pageSize: number;
   private readonly leafCap: number;
+  private readonly leafStride: number;
   private readonly out = Buffer.allocUnsafe(WRITE_BUFFER_BYTES);
   private outLen = 0;
   /** File position of out[0]. */
@@ -272,7 +285,8 @@ export class LayerFileWriter {
   private leafCount = 0;
   private leafFirstKey: Buffer | undefined;
   private readonly leaves: Array<{ firstKey: Buffer; offset: number }> = [];
-  private last: Buffer | undefined;
+  /** The previous entry key (valid when entryCount > 0), for the ordering check. */
+  private readonly last: Buffer;
   private entryCount = 0;
   private valueBytes = 0;
   private state: "open" | "finished" | "aborted" = "open";
@@ -285,7 +299,9 @@ export class LayerFileWriter {
     this.keyBytes = ENTRY_KEY_BYTES[opts.format];
     this.pageSize = opts.indexPageSizeBytes ?? DEFAULT_INDEX_PAGE_SIZE_BYTES;
     this.leafCap = leafCapacity(this.pageSize, this.keyBytes);
+    this.leafStride = this.keyBytes + OFFSET_BYTES + LENGTH_BYTES;
     this.leaf = Buffer.alloc(this.pageSize);
+    this.last = Buffer.alloc(this.keyBytes);
   }
 
   static async create(opts: LayerFileWriterOptions): Promise<LayerFileWriter> {
@@ -311,37 +327,57 @@ export class LayerFileWriter {
 
   /**
    * Appends one entry. `entryKey` must sort strictly after the previous one;
-   * it is copied, so callers may reuse their buffer.
+   * it is copied, so callers may reuse their buffer. Returns undefined when
+   * the entry was taken synchronously, else a promise to await before the
+   * next call (an output buffer or leaf page is being written).
    */
-  async add(entryKey: Buffer, value: Uint8Array): Promise<void> {
-    assert(this.state === "open", `layer writer for ${this.opts.name} is ${this.state}`);
-    assert(entryKey.length === this.keyBytes, `entry key of ${entryKey.length} bytes, expected ${this.keyBytes}`);
-    if (this.last !== undefined && Buffer.compare(this.last, entryKey) >= 0) {
+  add(entryKey: Buffer, value: Uint8Array): Promise<void> | undefined {
+    if (this.state !== "open") assert(false, `layer writer for ${this.opts.name} is ${this.state}`);
+    if (entryKey.length !== this.keyBytes) assert(false, `entry key of ${entryKey.length} bytes, expected ${this.keyBytes}`);
+    if (this.entryCount > 0 && this.last.compare(entryKey) >= 0) {
       throw new StrataError(
         "invalid_argument",
         `Layer ${this.opts.name}: entry ${entryKey.toString("hex")} does not sort after ${this.last.toString("hex")}`,
       );
     }
-    if (value.length > MAX_VALUE_BYTES) {
-      throw new StrataError("invalid_argument", `Layer ${this.opts.name}: value of ${value.length} bytes exceeds ${MAX_VALUE_BYTES}`);
+    const len = value.length;
+    if (len > MAX_VALUE_BYTES) {
+      throw new StrataError("invalid_argument", `Layer ${this.opts.name}: value of ${len} bytes exceeds ${MAX_VALUE_BYTES}`);
     }
-    this.last = Buffer.from(entryKey);
-    const offset = this.bytesWritten;
-    assert(offset + value.length + VALUE_CRC_BYTES <= MAX_OFFSET, "layer file exceeds 48-bit offsets");
-    const crc = Buffer.allocUnsafe(VALUE_CRC_BYTES);
-    crc.writeUInt32BE(crc32c(value, crc32c(entryKey)));
-    await this.append(value);
-    await this.append(crc);
+    entryKey.copy(this.last);
+    const offset = this.outPos + this.outLen;
+    if (offset + len + VALUE_CRC_BYTES > MAX_OFFSET) assert(false, "layer file exceeds 48-bit offsets");
+    const crc = crc32c(value, crc32c(entryKey));
     this.entryCount++;
-    this.valueBytes += value.length;
+    this.valueBytes += len;
+    if (this.outLen + len + VALUE_CRC_BYTES <= this.out.length) {
+      this.out.set(value, this.outLen);
+      this.out.writeUInt32BE(crc, this.outLen + len);
+      this.outLen += len + VALUE_CRC_BYTES;
+      return this.addLeafEntry(entryKey, offset, len);
+    }
+    return this.addSlow(entryKey, value, crc, offset);
+  }
 
-    const slot = PAGE_HEADER_BYTES + this.leafCount * (this.keyBytes + OFFSET_BYTES + LENGTH_BYTES);
+  /** `add` for a value that does not fit in the output buffer's free room. */
+  private async addSlow(entryKey: Buffer, value: Uint8Array, crc: number, offset: number): Promise<void> {
+    await this.append(value);
+    const crcBytes = Buffer.allocUnsafe(VALUE_CRC_BYTES);
+    crcBytes.writeUInt32BE(crc);
+    await this.append(crcBytes);
+    await this.addLeafEntry(entryKey, offset, value.length);
+  }
+
+  /** Records the entry in the leaf page; a promise only when the full leaf must be written. */
+  private addLeafEntry(entryKey: Buffer, offset: number, len: number): Promise<void> | undefined {
+    const slot = PAGE_HEADER_BYTES + this.leafCount * this.leafStride;
     entryKey.copy(this.leaf, slot);
     this.leaf.writeUIntBE(offset, slot + this.keyBytes, OFFSET_BYTES);
-    this.leaf.writeUInt32BE(value.length, slot + this.keyBytes + OFFSET_BYTES);
-    if (this.leafCount === 0) this.leafFirstKey = this.last;
+    this.leaf.writeUInt32BE(len, slot + this.keyBytes + OFFSET_BYTES);
+    if (this.leafCount === 0) this.leafFirstKey = Buffer.from(entryKey);
     this.leafCount++;
-    if (this.leafCount === this.leafCap) await this.flushLeaf();
+    if (this.leafCount === this.leafCap) return this.flushLeaf();
+    return undefined;
   }
 
   /** Writes the index, header and file, then makes it durable under its final name. */
@@ -385,11 +421,21 @@ export class LayerFileWriter {
     await unlink(this.tmpPath).catch(() => undefined);
   }
 
-  private async flushLeaf(): Promise<void> {
+  /** Seals and appends the leaf page; a promise only when the output buffer must be written first. */
+  private flushLeaf(): Promise<void> | undefined {
     const offset = this.bytesWritten;
     sealPage(this.leaf, PAGE_KIND_LEAF, 0, this.leafCount, offset);
-    await this.append(this.leaf);
     this.leaves.push({ firstKey: this.leafFirstKey ?? Buffer.alloc(this.keyBytes), offset });
+    if (this.outLen + this.leaf.length <= this.out.length) {
+      this.out.set(this.leaf, this.outLen);
+      this.outLen += this.leaf.length;
+      this.resetLeaf();
+      return undefined;
+    }
+    return this.append(this.leaf).then(() => this.resetLeaf());
+  }
+
+  private resetLeaf(): void {
     this.leaf.fill(0);
     this.leafCount = 0;
     this.leafFirstKey = undefined;

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { StrataError } from "../../lib/errors.js";
-import { decodeValue, encodedValueSize, encodeValue, isBase, type Value } from "./value.js";
+import { decodeValue, encodedValueSize, encodeValue, encodeValueInto, isBase, type Value } from "./value.js";
 import { Rng } from "./test_support.js";
 
 test("every value shape round-trips with the documented overhead", () => {
@@ -23,6 +23,11 @@ test("every value shape round-trips with the documented overhead", () => {
     assert.equal(enc.length, encodedValueSize(v));
     assert.equal(enc.length, (v.kind === "image" ? v.bytes.length + 1 : v.rec.length + 2));
     assert.deepEqual(decodeValue(enc), v);
+    // Encoding in place writes exactly those bytes at the offset and nothing around them.
+    const into = new Uint8Array(enc.length + 10).fill(0xee);
+    assert.equal(encodeValueInto(v, into, 7), enc.length);
+    assert.deepEqual(into.subarray(7, 7 + enc.length), enc);
+    assert.ok(into.subarray(0, 7).every((b) => b === 0xee) && into.subarray(7 + enc.length).every((b) => b === 0xee));
   }
 });
 

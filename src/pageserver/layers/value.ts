@@ -62,17 +62,27 @@ export function encodedValueSize(v: Value): number {
 /** Serializes a value into a new buffer. */
 export function encodeValue(v: Value): Uint8Array {
   const out = new Uint8Array(encodedValueSize(v));
+  encodeValueInto(v, out, 0);
+  return out;
+}
+
+/**
+ * Serializes a value into `out` at `off` (which must have encodedValueSize(v)
+ * bytes of room) and returns the bytes written: lets a writer encode straight
+ * into its own buffer, without an intermediate copy per value.
+ */
+export function encodeValueInto(v: Value, out: Uint8Array, off: number): number {
   if (v.kind === "image") {
-    out[0] = TAG_IMAGE;
-    out.set(v.bytes, IMAGE_OVERHEAD_BYTES);
-    return out;
+    out[off] = TAG_IMAGE;
+    out.set(v.bytes, off + IMAGE_OVERHEAD_BYTES);
+    return IMAGE_OVERHEAD_BYTES + v.bytes.length;
   }
   let flags = v.willInit ? FLAG_WILL_INIT : 0;
   if (v.engine !== undefined) flags |= ENGINE_CODES[v.engine] << ENGINE_SHIFT;
-  out[0] = TAG_WAL;
-  out[1] = flags;
-  out.set(v.rec, WAL_OVERHEAD_BYTES);
-  return out;
+  out[off] = TAG_WAL;
+  out[off + 1] = flags;
+  out.set(v.rec, off + WAL_OVERHEAD_BYTES);
+  return WAL_OVERHEAD_BYTES + v.rec.length;
 }
 
 /**
