@@ -16,10 +16,15 @@
  *       checkpoint is quick.
  * Prints bytes, seconds and MiB/s for each and the ratio a/b (goal >= 1.0).
  *
+ * `--profile FILE` (run node with --experimental-websocket): CPU-profiles
+ * the pageserver process during the fullbackups — SIGUSR1 opens its
+ * inspector on 127.0.0.1:9229, the profile is taken over the DevTools
+ * protocol and written to FILE (.cpuprofile, open in Chrome DevTools).
+ *
  * Runs on demand only, never in the test suite.
  */
 import { performance } from "node:perf_hooks";
-import { readdir, stat, rm } from "node:fs/promises";
+import { readdir, stat, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cliJson, cliOk, lastLine, portOf, sqlAt, withRepo, type StatusJson } from "../test/cli_support.js";
 import { makeTempDir, removeTempDir, runTool } from "../test/harness/tools.js";
@@ -38,6 +43,46 @@ const ROUNDS = arg("--rounds", 2);
 const CATCHUP_TIMEOUT_MS = 3_600_000;
 
 const mib = (bytes: number, ms: number) => bytes / 1048576 / (ms / 1000);
+const profIdx = process.argv.indexOf("--profile");
+const PROFILE_FILE = profIdx >= 0 ? process.argv[profIdx + 1] : undefined;
+
+/** A DevTools-protocol session with a process whose inspector SIGUSR1 opened (see header). */
+async function inspect(pid: number): Promise<{ call: (method: string, params?: object) => Promise<unknown>; close: () => void }> {
+  process.kill(pid, "SIGUSR1");
+  let url: string | undefined;
+  for (let i = 0; i < 50 && url === undefined; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    try {
+      const list = (await (await fetch("http://127.0.0.1:9229/json/list")).json()) as Array<{ webSocketDebuggerUrl: string }>;
+      url = list[0]?.webSocketDebuggerUrl;
+    } catch {
+      // not listening yet
+    }
+  }
+  if (url === undefined) throw new Error("pageserver inspector did not open on 127.0.0.1:9229");
+  const WS = (globalThis as unknown as { WebSocket?: new (u: string) => { onopen: unknown; onmessage: unknown; onerror: unknown; send: (s: string) => void; close: () => void } }).WebSocket;
+  if (WS === undefined) throw new Error("--profile needs node --experimental-websocket");
+  const ws = new WS(url);
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = reject;
+  });
+  let next = 1;
+  const pending = new Map<number, (v: unknown) => void>();
+  ws.onmessage = (ev: { data: string }) => {
+    const m = JSON.parse(ev.data) as { id?: number; result?: unknown };
+    if (m.id !== undefined) pending.get(m.id)?.(m.result);
+  };
+  return {
+    call: (method, params = {}) =>
+      new Promise((resolve) => {
+        const id = next++;
+        pending.set(id, resolve);
+        ws.send(JSON.stringify({ id, method, params }));
+      }),
+    close: () => ws.close(),
+  };
+}
 
 await withRepo(async (repo) => {
   const main = lastLine(await cliOk(repo, ["up", "--safekeepers", "1", "--quiet"]));
@@ -60,6 +105,12 @@ await withRepo(async (repo) => {
   console.log(`pageserver caught up with ${s.tenants[0]!.timelines[0]!.last_record_lsn} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   const out = await makeTempDir("bench-fullbackup");
+  const prof = PROFILE_FILE !== undefined && s.pageserver.pid !== null ? await inspect(s.pageserver.pid) : undefined;
+  if (prof !== undefined) {
+    await prof.call("Profiler.enable");
+    await prof.call("Profiler.setSamplingInterval", { interval: 500 });
+    await prof.call("Profiler.start");
+  }
   try {
     const ratios: number[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
@@ -68,6 +119,12 @@ await withRepo(async (repo) => {
       const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, lsn: target, full: true }, tar);
       const fbMs = performance.now() - t;
       await rm(tar, { force: true });
+      if (prof !== undefined && round === ROUNDS) {
+        const r = (await prof.call("Profiler.stop")) as { profile: unknown };
+        await writeFile(PROFILE_FILE!, JSON.stringify(r.profile));
+        prof.close();
+        console.log(`pageserver CPU profile written to ${PROFILE_FILE}`);
+      }
 
       await sqlAt(main, "CHECKPOINT");
       const bbDir = join(out, "bb");

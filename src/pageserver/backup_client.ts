@@ -92,13 +92,48 @@ async function* backupBytes(opts: FetchBackupOptions, counter: { bytes: number }
   }
 }
 
+/**
+ * Bytes gathered into one file write. One awaited write per CopyData
+ * message (64 KiB) cost a thread-pool round trip each and stopped reading
+ * the socket meanwhile; 1 MiB batches written while the next batch arrives
+ * (one write in flight) keep both busy.
+ */
+const FILE_WRITE_BATCH_BYTES = 1 << 20;
+
+/** Appends `chunks` to `fh` in batches, with one batch being written while the next is received. */
+async function writeOverlapped(fh: FileHandle, chunks: AsyncIterable<Buffer>): Promise<void> {
+  let inFlight: Promise<unknown> = Promise.resolve();
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  const flush = async () => {
+    await inFlight;
+    const buffers = batch;
+    batch = [];
+    batchBytes = 0;
+    // the chunks are views into the client's received socket data, never reused (wire/parser.ts)
+    inFlight = fh.writev(buffers).then((r) => {
+      const want = buffers.reduce((n, b) => n + b.length, 0);
+      if (r.bytesWritten !== want) throw new StrataError("io_error", `Short write to the backup file: ${r.bytesWritten} of ${want} bytes`);
+    });
+    // a failed write surfaces at the next flush or at the end; never unhandled meanwhile
+    inFlight.catch(() => undefined);
+  };
+  for await (const chunk of chunks) {
+    batch.push(chunk);
+    batchBytes += chunk.length;
+    if (batchBytes >= FILE_WRITE_BATCH_BYTES) await flush();
+  }
+  if (batch.length > 0) await flush();
+  await inFlight;
+}
+
 /** Fetches the archive into `path` (tar, or tar.gz with gzip), atomically (see the module header). */
 export async function fetchBackupToFile(opts: FetchBackupOptions, path: string): Promise<{ bytes: number }> {
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString("hex")}.tmp`);
   const counter = { bytes: 0 };
   let fh: FileHandle | undefined = await open(tmp, "wx", 0o600);
   try {
-    for await (const chunk of backupBytes(opts, counter)) await fh.write(chunk);
+    await writeOverlapped(fh, backupBytes(opts, counter));
     await fh.sync();
     await fh.close();
     fh = undefined;

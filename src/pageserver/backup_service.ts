@@ -39,9 +39,11 @@ import { parseTenantId, parseTimelineId, type TenantId, type TimelineId } from "
 import { errorFields } from "../lib/logging.js";
 import { formatLsn, parseLsn, type Lsn } from "../lib/lsn.js";
 import { Counter, Histogram, type Registry } from "../lib/metrics.js";
-import type { RequestContext } from "../lib/tasks.js";
+import { requestContext, type RequestContext } from "../lib/tasks.js";
 import type { ServerConnection } from "../wire/server_connection.js";
 import { basebackup, roundToRecordBoundary, timelineBackupLsn } from "./basebackup.js";
+import { scanReader } from "./getpage.js";
+import { runWithReadContext } from "./layers/residence.js";
 import type { PageServiceCommand } from "./page_service.js";
 import type { TenantManager } from "./tenant_manager.js";
 
@@ -122,22 +124,47 @@ export interface BackupCommandDeps {
   readonly registry: Registry;
 }
 
-/** Sends `data` as CopyData messages, waiting for the socket to drain when its buffer is full. */
+/** CopyData message header: type byte 'd' and the int32 length (itself included). */
+const COPY_DATA_HEADER_BYTES = 5;
+
+/** Resolves when the socket drained or closed. */
+function drainOrClose(conn: ServerConnection): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      conn.socket.removeListener("drain", done);
+      conn.socket.removeListener("close", done);
+      resolve();
+    };
+    conn.socket.once("drain", done);
+    conn.socket.once("close", done);
+  });
+}
+
+/**
+ * Sends `data` as CopyData messages, waiting for the socket to drain when
+ * its buffer is full. Each message is its 5-byte header plus a view of
+ * `data` (no copy; the tar stream never reuses a chunk it handed out),
+ * written corked so a chunk's messages leave in one writev.
+ */
 async function sendCopyData(conn: ServerConnection, data: Uint8Array, signal: AbortSignal): Promise<void> {
-  for (let off = 0; off < data.length; off += COPY_CHUNK_BYTES) {
-    signal.throwIfAborted();
-    const piece = Buffer.from(data.buffer, data.byteOffset + off, Math.min(COPY_CHUNK_BYTES, data.length - off));
-    if (conn.send({ kind: "CopyData", data: piece })) continue;
-    if (conn.socket.destroyed || !conn.socket.writable) throw new StrataError("io_error", "The client closed the connection during the backup");
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        conn.socket.removeListener("drain", done);
-        conn.socket.removeListener("close", done);
-        resolve();
-      };
-      conn.socket.once("drain", done);
-      conn.socket.once("close", done);
-    });
+  const socket = conn.socket;
+  socket.cork();
+  try {
+    for (let off = 0; off < data.length; off += COPY_CHUNK_BYTES) {
+      signal.throwIfAborted();
+      const len = Math.min(COPY_CHUNK_BYTES, data.length - off);
+      const header = Buffer.allocUnsafe(COPY_DATA_HEADER_BYTES);
+      header[0] = 0x64; // 'd'
+      header.writeInt32BE(4 + len, 1);
+      conn.send(header);
+      if (conn.send(Buffer.from(data.buffer, data.byteOffset + off, len))) continue;
+      if (socket.destroyed || !socket.writable) throw new StrataError("io_error", "The client closed the connection during the backup");
+      socket.uncork();
+      await drainOrClose(conn);
+      socket.cork();
+    }
+  } finally {
+    socket.uncork();
   }
 }
 
@@ -161,14 +188,20 @@ export function backupCommand(deps: BackupCommandDeps, kind: BackupKind): PageSe
       if (tl.lastRecordLsn === 0n) throw new StrataError("invalid_argument", `Timeline ${tl.timelineId} has no data yet (a root timeline that was never bootstrapped)`);
       const requested = req.lsn === undefined ? undefined : roundToRecordBoundary(req.lsn);
       const at = await timelineBackupLsn(tl, requested, { signal: abort.signal });
-      const bb = await basebackup(tl, {
+      // The whole backup (its streaming continues after `basebackup` returns) runs in one read context, for layer downloads.
+      const readCtx = requestContext("backup", abort.signal);
+      const readPage = scanReader(tl, at.lsn, readCtx);
+      const gzip = req.gzip;
+      const bb = await runWithReadContext(readCtx, () => basebackup(tl, {
         lsn: at.lsn,
         ...(at.prevRecordLsn === undefined ? {} : { prevRecordLsn: at.prevRecordLsn }),
         full: kind === "fullbackup",
-        gzip: req.gzip,
+        gzip,
         bounds: at.bounds,
         signal: abort.signal,
-      });
+        ctx: readCtx,
+        readPage,
+      }));
       conn.send({ kind: "CopyOutResponse", format: 0, columnFormats: [] });
       try {
         for await (const chunk of bb.stream as AsyncIterable<Uint8Array>) {

@@ -7,7 +7,9 @@
  *        -> materialize: newest cached version (page_cache.ts), else base image,
  *           then walredo's `reconstruct` (native records in TypeScript, the rest
  *           through the tenant's PostgreSQL redo pool), which stamps pd_lsn as
- *           PostgreSQL's redo does; the result is cached at its version LSN.
+ *           PostgreSQL's redo does; the result is cached at its version LSN
+ *           (not for scans: `scanReader`, used by fullbackup, reads every page
+ *           once and would only evict the pages point reads reuse).
  *
  * Value formats of the non-page keys (sizes, directories) are datadir.ts's;
  * this module only reads them. Relation existence follows datadir.ts: a fork
@@ -83,7 +85,8 @@ export async function readPage(tl: Timeline, key: Key, lsn: Lsn, ctx: RequestCon
  * Turns collected versions into bytes: the newest cached materialization (or
  * the base image) plus replay of the records above it.
  */
-export async function materialize(tl: Timeline, v: CollectedVersions): Promise<Uint8Array> {
+export async function materialize(tl: Timeline, v: CollectedVersions, opts: MaterializeOptions = {}): Promise<Uint8Array> {
+  const keep = opts.cache ?? true;
   const { key, records } = v;
   const cache = tl.deps.pageCache;
   const metrics = tl.deps.metrics;
@@ -129,8 +132,46 @@ export async function materialize(tl: Timeline, v: CollectedVersions): Promise<U
   }
   metrics.redoCalls.inc();
   metrics.reconstructRecords.inc(inputs.length);
+  // reconstruct returns a page of its own: only a cached one must be copied for the caller
+  if (!keep) return page;
   cache.put(tl.timelineId, key, newest, page);
   return new Uint8Array(page);
+}
+
+export interface MaterializeOptions {
+  /**
+   * false: do not keep the result in the page cache (a scan that reads
+   * every page once, e.g. a fullbackup, would only evict the pages point
+   * reads reuse). Cache hits are still used. Default true.
+   */
+  readonly cache?: boolean;
+}
+
+/**
+ * A page reader for a scan at one LSN (fullbackup): `lsn` is validated
+ * (prepareRead) on the first read and again, cheaply, before every read (a GC
+ * or shutdown during a long scan still fails the read), and pages are read
+ * without filling the page cache. Same results and errors as readValue.
+ * Callers run the scan inside the timeline's read context (runWithReadContext)
+ * so that layer downloads see it.
+ */
+export function scanReader(tl: Timeline, lsn: Lsn, ctx: RequestContext): (key: Key) => Promise<Uint8Array | undefined> {
+  let checked = false;
+  return async (key) => {
+    try {
+      const recheck = !checked || tl.state !== "active" || tl.lastRecordLsn < lsn || lsn < tl.latestGcCutoffLsn || (tl.ancestor !== undefined && lsn < tl.ancestor.latestGcCutoffLsn);
+      if (recheck) {
+        await tl.prepareRead(lsn, ctx);
+        checked = true;
+      }
+      const v = await tl.collectVersions(key, lsn);
+      if (!v.found) return undefined;
+      return await materialize(tl, v, { cache: false });
+    } catch (e) {
+      countError(tl, e);
+      throw e;
+    }
+  };
 }
 
 // ------------------------------------------------------------ datadir queries
