@@ -42,7 +42,7 @@ function alive(pid: number): boolean {
   }
 }
 
-test("strata init/start/stop/status: supervision, stale pid files, port in use, misuse errors", { timeout: 150_000 }, async () => {
+test("strata init/start/stop/status: supervision, stale pid files, port in use, misuse errors", { timeout: 300_000 }, async () => {
   await withRepo(async (repo) => {
     let r = await runCli(repo, ["status"]);
     assert.equal(r.code, 3, r.stderr);

@@ -57,7 +57,7 @@ async function drain(client: PgClient, sql: string): Promise<number> {
   return n;
 }
 
-test("initdb bootstrap, compute from fullbackup, streamed ingest, fullbackup at the end equals the compute", { timeout: 120_000 }, async () => {
+test("initdb bootstrap, compute from fullbackup, streamed ingest, fullbackup at the end equals the compute", { timeout: 300_000 }, async () => {
   const psDir = await makeTempDir("ps");
   const outDir = await makeTempDir("bbout");
   const tenantId = generateTenantId();

@@ -52,7 +52,7 @@ async function fingerprint(pg: PgServer): Promise<string> {
   return pg.sql(FINGERPRINT_SQL);
 }
 
-test("branches at LSNs and at times, a chain of three, refused branch points", { timeout: 150_000 }, async () => {
+test("branches at LSNs and at times, a chain of three, refused branch points", { timeout: 300_000 }, async () => {
   const psDir = await makeTempDir("ps");
   const tenantId = generateTenantId();
   const mainId = generateTimelineId();

@@ -39,9 +39,11 @@ import { accessMethods, compareWithServer, workload, type Fixture } from "./wali
 const CATCH_UP_TIMEOUT_MS = 120_000;
 
 test("compute -> safekeeper -> pageserver: every block, SLRU page, relmap and counter equals the compute's files", { timeout: 400_000 }, async () => {
+  // lock_timeout: the workload's concurrent pgbench clients wait for each other's locks while every
+  // commit also waits for the safekeeper; on a loaded two-core machine 10 s was not enough.
   const pg = await startPostgres({
     synchronousStandbyNames: "sk_1",
-    settings: { wal_keep_size: "4GB", max_wal_size: "4GB", checkpoint_timeout: "1h", max_prepared_transactions: 5, autovacuum: false, lock_timeout: "10s" },
+    settings: { wal_keep_size: "4GB", max_wal_size: "4GB", checkpoint_timeout: "1h", max_prepared_transactions: 5, autovacuum: false, lock_timeout: "120s" },
   });
   const work = await makeTempDir("fullchain");
   const ids = newIds();

@@ -8,7 +8,7 @@ import { AzureBlobStorage } from "../src/remote_storage/azure_blob.js";
 import { AZURITE_ACCOUNT_KEY, startAzurite } from "./harness/azurite.js";
 import { roundTrip } from "./pageserver_remote_support.js";
 
-test("Azure Blob (Azurite): delete the local directory, attach with generation 2, pages identical", { timeout: 120_000 }, async () => {
+test("Azure Blob (Azurite): delete the local directory, attach with generation 2, pages identical", { timeout: 300_000 }, async () => {
   const az = await startAzurite();
   try {
     const admin = new AzureBlobStorage({ container: "strata-ps", connectionString: az.connectionString });

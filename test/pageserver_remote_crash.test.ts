@@ -80,7 +80,7 @@ async function auditRemote(storage: LocalFsStorage, tenantId: string, timelineId
   return { indexes, layers, objects: names.length };
 }
 
-test("kill -9 during uploads and halfway through an attach (local-directory backend): nothing lost, indexes consistent, attach resumes", { timeout: 200_000 }, async () => {
+test("kill -9 during uploads and halfway through an attach (local-directory backend): nothing lost, indexes consistent, attach resumes", { timeout: 300_000 }, async () => {
   const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { autovacuum: false, checkpoint_timeout: "1h", max_wal_size: "1GB" } });
   const ids = newIds();
   const psDir = await makeTempDir("ps");

@@ -27,7 +27,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
 /** How long storage stays down in the test: long enough for several retry rounds of the queue. */
 const OUTAGE_MS = 4_000;
 
-test("storage faults through a misbehaving proxy: ingest goes on, uploads retry, an outage stalls remote_consistent_lsn, nothing lost", { timeout: 150_000 }, async () => {
+test("storage faults through a misbehaving proxy: ingest goes on, uploads retry, an outage stalls remote_consistent_lsn, nothing lost", { timeout: 300_000 }, async () => {
   const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { autovacuum: false, checkpoint_timeout: "1h", max_wal_size: "1GB" } });
   const ids = newIds();
   const psDir = await makeTempDir("ps");

@@ -7,7 +7,7 @@ import { rm } from "node:fs/promises";
 import { makeTempDir } from "./harness/tools.js";
 import { roundTrip } from "./pageserver_remote_support.js";
 
-test("local directory: delete the local directory, attach with generation 2, pages identical", { timeout: 120_000 }, async () => {
+test("local directory: delete the local directory, attach with generation 2, pages identical", { timeout: 300_000 }, async () => {
   const remoteDir = await makeTempDir("remote");
   try {
     await roundTrip("local", `file://${remoteDir}`);

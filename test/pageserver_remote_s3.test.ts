@@ -26,7 +26,7 @@ import { metricValue, snapshotPages, startRemotePs, timelineState, waitRemoteCon
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
 
-test("S3: pgbench, delete the pageserver's local directory, attach with generation 2: every noted page identical; evict all and read again", { timeout: 180_000 }, async () => {
+test("S3: pgbench, delete the pageserver's local directory, attach with generation 2: every noted page identical; evict all and read again", { timeout: 300_000 }, async () => {
   const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { autovacuum: false, checkpoint_timeout: "1h", max_wal_size: "1GB" } });
   const ids = newIds();
   const psDir = await makeTempDir("ps");

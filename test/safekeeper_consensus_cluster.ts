@@ -66,12 +66,20 @@ export async function kill(sk: Sk, signal: NodeJS.Signals = "SIGKILL"): Promise<
   clearTimeout(t);
 }
 
+/** Cluster start attempts: a port probed free can be taken by a concurrent test file before our child binds it. */
+const CLUSTER_START_ATTEMPTS = 3;
+
 export async function startCluster(): Promise<Sk[]> {
-  const sks: Sk[] = [];
-  for (const id of [1, 2, 3]) sks.push({ id, dataDir: await makeTempDir(`skc${id}`), pgPort: await freePort(), httpPort: await freePort(), peers: [], stderr: "" });
-  for (const sk of sks) sk.peers = sks.filter((p) => p !== sk).map((p) => `${p.id}=127.0.0.1:${p.pgPort}:${p.httpPort}`);
-  await Promise.all(sks.map(spawnSk));
-  return sks;
+  for (let attempt = 1; ; attempt++) {
+    const sks: Sk[] = [];
+    for (const id of [1, 2, 3]) sks.push({ id, dataDir: await makeTempDir(`skc${id}`), pgPort: await freePort(), httpPort: await freePort(), peers: [], stderr: "" });
+    for (const sk of sks) sk.peers = sks.filter((p) => p !== sk).map((p) => `${p.id}=127.0.0.1:${p.pgPort}:${p.httpPort}`);
+    const started = await Promise.allSettled(sks.map(spawnSk));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed === undefined) return sks;
+    await stopCluster(sks);
+    if (attempt >= CLUSTER_START_ATTEMPTS || !String(failed.reason).includes("EADDRINUSE")) throw failed.reason;
+  }
 }
 
 export async function stopCluster(sks: Sk[]): Promise<void> {
