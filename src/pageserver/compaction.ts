@@ -237,69 +237,76 @@ export async function compactLevel0(tl: Timeline, opts: { force?: boolean; signa
   }
   const lsnRange = { start: l0[0]!.desc.lsnRange.start, end: l0.at(-1)!.desc.lsnRange.end };
   const readers: DeltaLayerReader[] = [];
-  for (const l of l0) {
-    const r = await (l as PersistentLayer).reader();
-    if (!(r instanceof DeltaLayerReader)) throw new StrataError("internal", `Level-0 layer ${(l as PersistentLayer).fileName} is not a delta layer`);
-    readers.push(r);
-  }
-  // Pass 1: boundaries at the first key whose versions start after targetBytes of entries.
-  const bounds: Key[] = [];
-  let acc = 0;
-  let lastKey: Key | undefined;
-  for await (const e of mergeDeltas(readers)) {
-    opts.signal?.throwIfAborted();
-    if (e.key !== lastKey && acc >= conf.compactionTargetSizeBytes) {
-      bounds.push(e.key);
-      acc = 0;
-    }
-    lastKey = e.key;
-    acc += e.encoded.length + 26;
-  }
-  const ranges: KeyRange[] = [];
-  let start: Key = KEY_MIN;
-  for (const b of bounds) {
-    ranges.push({ start, end: b });
-    start = b;
-  }
-  ranges.push({ start, end: KEY_END });
-  // Pass 2: write.
-  const outputs: Array<{ layer: PersistentLayer; sizeBytes: number }> = [];
-  let entries = 0;
-  let bytes = 0;
-  let ri = 0;
-  let writer = await DeltaLayerWriter.create({ dir: tl.dir, keyRange: ranges[0]!, lsnRange });
-  const written: string[] = [];
+  // Inputs are pinned for the whole merge: eviction must not close a file being scanned.
+  const releases: Array<() => void> = [];
   try {
-    const finish = async () => {
-      const done = await writer.finish();
-      written.push(done.path);
-      outputs.push({ layer: new PersistentLayer(tl.dir, done.desc, tl.deps.indexCache === undefined ? {} : { cache: tl.deps.indexCache }), sizeBytes: done.header.fileSizeBytes });
-      entries += done.header.entryCount;
-      bytes += done.header.fileSizeBytes;
-    };
+    for (const l of l0) {
+      const { reader: r, release } = await (l as PersistentLayer).pin();
+      releases.push(release);
+      if (!(r instanceof DeltaLayerReader)) throw new StrataError("internal", `Level-0 layer ${(l as PersistentLayer).fileName} is not a delta layer`);
+      readers.push(r);
+    }
+    // Pass 1: boundaries at the first key whose versions start after targetBytes of entries.
+    const bounds: Key[] = [];
+    let acc = 0;
+    let lastKey: Key | undefined;
     for await (const e of mergeDeltas(readers)) {
       opts.signal?.throwIfAborted();
-      while (e.key >= ranges[ri]!.end) {
-        await finish();
-        ri++;
-        writer = await DeltaLayerWriter.create({ dir: tl.dir, keyRange: ranges[ri]!, lsnRange });
+      if (e.key !== lastKey && acc >= conf.compactionTargetSizeBytes) {
+        bounds.push(e.key);
+        acc = 0;
       }
-      await writer.putEncoded(e.key, e.lsn, e.encoded);
+      lastKey = e.key;
+      acc += e.encoded.length + 26;
     }
-    await finish();
-    // Ranges after the last key (none normally) still need files so the outputs tile the key space.
-    for (ri++; ri < ranges.length; ri++) {
-      writer = await DeltaLayerWriter.create({ dir: tl.dir, keyRange: ranges[ri]!, lsnRange });
+    const ranges: KeyRange[] = [];
+    let start: Key = KEY_MIN;
+    for (const b of bounds) {
+      ranges.push({ start, end: b });
+      start = b;
+    }
+    ranges.push({ start, end: KEY_END });
+    // Pass 2: write.
+    const outputs: Array<{ layer: PersistentLayer; sizeBytes: number }> = [];
+    let entries = 0;
+    let bytes = 0;
+    let ri = 0;
+    let writer = await DeltaLayerWriter.create({ dir: tl.dir, keyRange: ranges[0]!, lsnRange });
+    const written: string[] = [];
+    try {
+      const finish = async () => {
+        const done = await writer.finish();
+        written.push(done.path);
+        outputs.push({ layer: new PersistentLayer(tl.dir, done.desc, tl.deps.indexCache === undefined ? {} : { cache: tl.deps.indexCache }), sizeBytes: done.header.fileSizeBytes });
+        entries += done.header.entryCount;
+        bytes += done.header.fileSizeBytes;
+      };
+      for await (const e of mergeDeltas(readers)) {
+        opts.signal?.throwIfAborted();
+        while (e.key >= ranges[ri]!.end) {
+          await finish();
+          ri++;
+          writer = await DeltaLayerWriter.create({ dir: tl.dir, keyRange: ranges[ri]!, lsnRange });
+        }
+        await writer.putEncoded(e.key, e.lsn, e.encoded);
+      }
       await finish();
+      // Ranges after the last key (none normally) still need files so the outputs tile the key space.
+      for (ri++; ri < ranges.length; ri++) {
+        writer = await DeltaLayerWriter.create({ dir: tl.dir, keyRange: ranges[ri]!, lsnRange });
+        await finish();
+      }
+    } catch (e) {
+      await writer.abort();
+      for (const p of written) await unlink(p).catch(() => undefined);
+      throw e;
     }
-  } catch (e) {
-    await writer.abort();
-    for (const p of written) await unlink(p).catch(() => undefined);
-    throw e;
+    tl.replaceHistoricLayers(l0 as PersistentLayer[], outputs);
+    tl.log.info({ inputs: l0.length, outputs: outputs.length, entries, bytes, lsn_range: `${formatLsn(lsnRange.start)}..${formatLsn(lsnRange.end)}` }, "merged level-0 delta layers");
+    return { inputs: l0.length, outputs: outputs.length, entries, bytes };
+  } finally {
+    for (const release of releases) release();
   }
-  tl.replaceHistoricLayers(l0 as PersistentLayer[], outputs);
-  tl.log.info({ inputs: l0.length, outputs: outputs.length, entries, bytes, lsn_range: `${formatLsn(lsnRange.start)}..${formatLsn(lsnRange.end)}` }, "merged level-0 delta layers");
-  return { inputs: l0.length, outputs: outputs.length, entries, bytes };
 }
 
 /**

@@ -91,6 +91,30 @@ export class PersistentLayer implements Layer {
     }
   }
 
+  /**
+   * The reader for a long scan (compaction): counted as a read in flight until
+   * `release()`, so eviction cannot close the file under the scan.
+   */
+  async pin(): Promise<{ reader: LayerFileReaderOf; release: () => void }> {
+    const r = this.residence;
+    if (r !== undefined) {
+      r.inflightReads++;
+      r.touch();
+    }
+    let released = false;
+    const release = (): void => {
+      if (released || r === undefined) return;
+      released = true;
+      r.inflightReads--;
+    };
+    try {
+      return { reader: await this.reader(), release };
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
   /** Evicts the local file (remote storage keeps it); false when not possible now (not resident, read in flight). */
   async evict(): Promise<boolean> {
     if (this.residence === undefined) return false;
