@@ -31,9 +31,9 @@ import { WalRedoMetrics } from "../src/walredo/metrics.js";
 import { WalRedoPool } from "../src/walredo/pool.js";
 import { defaultWalRedoDir } from "../src/walredo/stub.js";
 import { startPostgres } from "./harness/pg_server.js";
-import { makeTempDir, removeTempDir, runProgram } from "./harness/tools.js";
+import { makeTempDir, removeTempDir } from "./harness/tools.js";
 import { http, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
-import { accessMethods, compareWithServer, workload, type Fixture } from "./walingest_lib.js";
+import { compareWithServer, serverFixture, snapshotStoppedCluster, workload } from "./walingest_lib.js";
 
 /** Bound on the pageserver catching up with the compute's final shutdown checkpoint. */
 const CATCH_UP_TIMEOUT_MS = 120_000;
@@ -52,11 +52,8 @@ test("compute -> safekeeper -> pageserver: every block, SLRU page, relmap and co
   let ps: Pageserver | undefined;
   try {
     // Bootstrap: the fresh cluster's cleanly stopped data directory.
-    await pg.stop("fast");
     const snap = join(work, "snap");
-    const copy = await runProgram("/bin/cp", ["-a", pg.dataDir, snap]);
-    assert.equal(copy.code, 0, copy.stderr);
-    await pg.start();
+    await snapshotStoppedCluster(pg, snap);
 
     sk = await startInProcess({ id: 1 });
     let r = await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 });
@@ -73,16 +70,7 @@ test("compute -> safekeeper -> pageserver: every block, SLRU page, relmap and co
     // The workload: every commit waits for the safekeeper's fsync.
     const t0 = Date.now();
     await workload(pg);
-    const fx: Fixture = {
-      snap,
-      snapCf: parseControlFile(new Uint8Array(await readFile(join(snap, "global", "pg_control")))),
-      dataDir: pg.dataDir,
-      walDir: pg.walDir,
-      ams: await accessMethods(pg),
-      twoPhaseOnServer: await pg.rows(`SELECT transaction::text, gid FROM pg_prepared_xacts`),
-      walLogDbOid: Number(await pg.sql(`SELECT oid FROM pg_database WHERE datname = 'wl'`)),
-      pool,
-    };
+    const fx = await serverFixture(pg, snap, pool);
     // A clean stop: the walsender sends the shutdown checkpoint to the safekeeper before exiting.
     await pg.stop("fast");
     const finalCf = parseControlFile(new Uint8Array(await readFile(join(pg.dataDir, "global", "pg_control"))));

@@ -5,14 +5,13 @@
  * (in-memory layers frozen and flushed to delta layer files on the way).
  */
 import { test } from "node:test";
-import assert from "node:assert/strict";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Registry } from "prom-client";
 import { startPostgres } from "./harness/pg_server.js";
-import { makeTempDir, removeTempDir, runProgram } from "./harness/tools.js";
+import { makeTempDir, removeTempDir } from "./harness/tools.js";
 import { TestStore } from "./walingest_store.js";
-import { accessMethods, ingestAndCompare, workload, type Fixture } from "./walingest_lib.js";
+import { ingestAndCompare, serverFixture, snapshotStoppedCluster, workload } from "./walingest_lib.js";
 import { Timeline, type TimelineDeps } from "../src/pageserver/timeline.js";
 import { parseTenantConfig } from "../src/pageserver/config.js";
 import { PageserverMetrics } from "../src/pageserver/metrics.js";
@@ -21,7 +20,6 @@ import { generateTenantId, generateTimelineId } from "../src/lib/id.js";
 import { createRegistry } from "../src/lib/metrics.js";
 import { silentLogger } from "../src/lib/logging.js";
 import { TaskManager } from "../src/lib/tasks.js";
-import { parseControlFile } from "../src/formats/pg_control.js";
 import { WalRedoManager, WalRedoPool } from "../src/walredo/pool.js";
 import { WalRedoMetrics } from "../src/walredo/metrics.js";
 import { defaultWalRedoDir } from "../src/walredo/stub.js";
@@ -42,25 +40,13 @@ test("WAL ingest reproduces a PostgreSQL 15 cluster: dirs, sizes, pages, SLRUs, 
   const pool = new WalRedoPool({ tenantId: "walingest", dataChecksums: false, processes: 2, baseDir: join(defaultWalRedoDir(), "walingest"), metrics: new WalRedoMetrics(new Registry()) });
   try {
     // a consistent copy of the fresh cluster
-    await pg.stop("fast");
     const snap = join(work, "snap");
-    const copy = await runProgram("/bin/cp", ["-a", pg.dataDir, snap]);
-    assert.equal(copy.code, 0, copy.stderr);
-    await pg.start();
+    await snapshotStoppedCluster(pg, snap);
 
     // workload, catalog facts, clean stop
     const t0 = Date.now();
     await workload(pg);
-    const fx: Fixture = {
-      snap,
-      snapCf: parseControlFile(new Uint8Array(await readFile(join(snap, "global", "pg_control")))),
-      dataDir: pg.dataDir,
-      walDir: pg.walDir,
-      ams: await accessMethods(pg),
-      twoPhaseOnServer: await pg.rows(`SELECT transaction::text, gid FROM pg_prepared_xacts`),
-      walLogDbOid: Number(await pg.sql(`SELECT oid FROM pg_database WHERE datname = 'wl'`)),
-      pool,
-    };
+    const fx = await serverFixture(pg, snap, pool);
     await pg.stop("fast");
     console.log(`walingest: workload ${Date.now() - t0} ms`);
 

@@ -9,14 +9,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { Registry } from "prom-client";
 import { startPostgres, type PgServer } from "./harness/pg_server.js";
-import { makeTempDir, removeTempDir, runProgram } from "./harness/tools.js";
+import { makeTempDir, removeTempDir } from "./harness/tools.js";
 import { TestStore } from "./walingest_store.js";
-import { accessMethods, ingestAndCompare, type Fixture } from "./walingest_lib.js";
-import { parseControlFile } from "../src/formats/pg_control.js";
+import { ingestAndCompare, serverFixture, snapshotStoppedCluster } from "./walingest_lib.js";
 import { WalRedoPool } from "../src/walredo/pool.js";
 import { WalRedoMetrics } from "../src/walredo/metrics.js";
 import { defaultWalRedoDir } from "../src/walredo/stub.js";
@@ -54,22 +53,10 @@ test("WAL ingest of a cluster with data checksums: FPI_FOR_HINT and friends", { 
   const work = await makeTempDir("walingest-ck");
   const pool = new WalRedoPool({ tenantId: "walingest-ck", dataChecksums: true, processes: 2, baseDir: join(defaultWalRedoDir(), "walingest-ck"), metrics: new WalRedoMetrics(new Registry()) });
   try {
-    await pg.stop("fast");
     const snap = join(work, "snap");
-    const copy = await runProgram("/bin/cp", ["-a", pg.dataDir, snap]);
-    assert.equal(copy.code, 0, copy.stderr);
-    await pg.start();
+    await snapshotStoppedCluster(pg, snap);
     await workload(pg);
-    const fx: Fixture = {
-      snap,
-      snapCf: parseControlFile(new Uint8Array(await readFile(join(snap, "global", "pg_control")))),
-      dataDir: pg.dataDir,
-      walDir: pg.walDir,
-      ams: await accessMethods(pg),
-      twoPhaseOnServer: await pg.rows(`SELECT transaction::text, gid FROM pg_prepared_xacts`),
-      walLogDbOid: Number(await pg.sql(`SELECT oid FROM pg_database WHERE datname = 'wl'`)),
-      pool,
-    };
+    const fx = await serverFixture(pg, snap, pool);
     assert.equal(fx.snapCf.dataChecksumVersion, 1);
     await pg.stop("fast");
     await mkdir(join(work, "store"));

@@ -60,6 +60,7 @@ import { WalFileReader } from "../src/formats/wal/wal_files.js";
 import { recordTypeName, rmgrName, RM_SMGR_ID as RM_SMGR } from "../src/formats/wal/rmgr_names.js";
 import type { WalRedoPool } from "../src/walredo/pool.js";
 import type { PgServer } from "./harness/pg_server.js";
+import { runProgram } from "./harness/tools.js";
 import { requestContext } from "../src/lib/tasks.js";
 import { formatLsn, type Lsn } from "../src/lib/lsn.js";
 
@@ -233,6 +234,28 @@ export interface Fixture {
   readonly walLogDbOid: number;
   /** For rm_mask requests. */
   readonly pool: WalRedoPool;
+}
+
+/** Stops `pg`, copies its cleanly stopped data directory to `snap` (owners and modes kept), starts it again. */
+export async function snapshotStoppedCluster(pg: PgServer, snap: string): Promise<void> {
+  await pg.stop("fast");
+  const copy = await runProgram("/bin/cp", ["-a", pg.dataDir, snap]);
+  assert.equal(copy.code, 0, copy.stderr);
+  await pg.start();
+}
+
+/** The fixture of a workload run on `pg` (still running: the catalog facts are queried) from snapshot `snap`. */
+export async function serverFixture(pg: PgServer, snap: string, pool: WalRedoPool): Promise<Fixture> {
+  return {
+    snap,
+    snapCf: parseControlFile(new Uint8Array(await readFile(join(snap, "global", "pg_control")))),
+    dataDir: pg.dataDir,
+    walDir: pg.walDir,
+    ams: await accessMethods(pg),
+    twoPhaseOnServer: await pg.rows(`SELECT transaction::text, gid FROM pg_prepared_xacts`),
+    walLogDbOid: Number(await pg.sql(`SELECT oid FROM pg_database WHERE datname = 'wl'`)),
+    pool,
+  };
 }
 
 export type Store = DatadirReader & DatadirWriter & { readonly lastRecordLsn: Lsn };
