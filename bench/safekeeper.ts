@@ -1,7 +1,7 @@
 /**
  * Benchmark: what a strata safekeeper costs a committing PostgreSQL.
  *
- *   node dist/bench/safekeeper.js [--duration S] [--clients N] [--scale N] [--rounds R]
+ *   node dist/bench/safekeeper.js [--duration S] [--warmup S] [--clients N] [--scale N] [--rounds R]
  *                                 [--baseline-main PATH/dist/src/cli/main.js]
  *
  * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
@@ -13,7 +13,8 @@
  *       fsyncs each write and reports the flush position at once);
  *   (c) asynchronous commit (synchronous_commit = off, no standby waited for).
  * For each: TPS and per-transaction latency p50/p99 from pgbench's
- * transaction log. Then the ratios a/b and a/c of TPS (goal: a/b >= 1.0).
+ * transaction log, after `--warmup` seconds (default 5) of the same load
+ * that are not measured (each set-up alike). Then the ratios a/b and a/c of TPS (goal: a/b >= 1.0).
  * `--rounds` repeats the a/b/c sequence (alternating cancels drift in the
  * machine's load); figures are per round and their median.
  * `--baseline-main` adds (a0): the same as (a) with another build of strata
@@ -43,6 +44,8 @@ const DURATION_S = arg("--duration", 15);
 const CLIENTS = arg("--clients", 8);
 const SCALE = arg("--scale", 5);
 const ROUNDS = arg("--rounds", 1);
+/** Seconds of unmeasured pgbench before each measured run (every set-up alike). */
+const WARMUP_S = arg("--warmup", 5);
 const BASELINE_MAIN = (() => {
   const i = process.argv.indexOf("--baseline-main");
   return i >= 0 ? process.argv[i + 1] : undefined;
@@ -92,6 +95,20 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/**
+ * Unmeasured pgbench before a measured run: lets every contender reach its steady state
+ * first (for the safekeeper, V8 compiling its hot paths; pg_receivewal has nothing to
+ * warm), like any benchmark's warm-up. Every set-up gets the same.
+ */
+async function warmUp(pg: PgServer, mode: string, env: Record<string, string> = {}): Promise<void> {
+  if (WARMUP_S <= 0) return;
+  const w = await runTool("pgbench", ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(WARMUP_S), "postgres"], {
+    timeoutMs: (WARMUP_S + 120) * 1000,
+    env,
+  });
+  if (w.code !== 0) throw new Error(`pgbench warm-up (${mode}) failed: ${w.stderr}`);
+}
+
 async function pgbenchRun(pg: PgServer, mode: string, env: Record<string, string> = {}): Promise<Result> {
   const logDir = await makeTempDir("pgbench-log");
   try {
@@ -136,6 +153,7 @@ async function runStrata(pg: PgServer, mode = "a: strata safekeeper", mainJs?: s
     if (r.status !== 201) throw new Error(`register: ${r.status} ${r.text}`);
     await setSyncNames(pg, "sk_1");
     await waitSync(pg, "sk_1");
+    await warmUp(pg, mode);
     const f0 = await fsyncCount(httpPort);
     const r2 = await withCpu(child.proc.pid, () => pgbenchRun(pg, mode));
     return { ...r2, fsyncs: (await fsyncCount(httpPort)) - f0 };
@@ -157,6 +175,7 @@ async function runReceivewal(pg: PgServer): Promise<Result> {
     });
     await setSyncNames(pg, "sk_1");
     await waitSync(pg, "sk_1");
+    await warmUp(pg, "b");
     return await withCpu(proc.pid, () => pgbenchRun(pg, "b: pg_receivewal --synchronous"));
   } finally {
     await setSyncNames(pg, "");
@@ -171,6 +190,7 @@ async function runReceivewal(pg: PgServer): Promise<Result> {
 }
 
 async function runAsync(pg: PgServer): Promise<Result> {
+  await warmUp(pg, "c", { PGOPTIONS: "-c synchronous_commit=off" });
   return await pgbenchRun(pg, "c: asynchronous commit", { PGOPTIONS: "-c synchronous_commit=off" });
 }
 

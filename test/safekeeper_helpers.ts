@@ -153,9 +153,11 @@ export async function startChild(args: { id: number; dataDir: string; pgPort: nu
   const mainJs = args.mainJs ?? MAIN_JS;
   await stat(mainJs);
   await mkdir(args.dataDir, { recursive: true });
+  // STRATA_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"): extra node flags, for profiling a benchmark's safekeeper.
+  const nodeArgs = (process.env.STRATA_CHILD_NODE_ARGS ?? "").split(" ").filter((a) => a !== "");
   const proc = spawn(
     process.execPath,
-    [mainJs, "safekeeper", "--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort), "--log-level", "info"],
+    [...nodeArgs, mainJs, "safekeeper", "--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort), "--log-level", "info"],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   let err = "";

@@ -41,7 +41,7 @@ import {
   type UploadBody,
   type UploadOptions,
 } from "./remote_storage.js";
-import { checkPath, checkPrefix, emptyStream, guardDownloadStream, prepareUploadBody, validateMetadata, validateRange } from "./streams.js";
+import { checkPath, checkPrefix, downloadOf, emptyDownloadOf, objectInfo, prepareUploadBody, validateMetadata, validateRange } from "./streams.js";
 
 /** Deletes in flight during one deleteMany: bounded so a large delete does not open hundreds of sockets. */
 export const AZURE_DELETE_CONCURRENCY = 16;
@@ -189,18 +189,8 @@ export class AzureBlobStorage implements RemoteStorage {
         }
         throw err;
       }
-      const sizeBytes = res.contentLength ?? 0;
-      const source = res.readableStreamBody as Readable | undefined;
-      const dl: Download = { stream: emptyStream(), sizeBytes, metadata: res.metadata ?? {} };
-      if (res.etag) dl.etag = res.etag;
-      if (res.lastModified) dl.lastModified = res.lastModified;
-      if (source === undefined || sizeBytes === 0) {
-        source?.destroy();
-        scope.dispose();
-        return dl;
-      }
-      dl.stream = guardDownloadStream(what, source, sizeBytes, scope, classify);
-      return dl;
+      const headers = { sizeBytes: res.contentLength ?? 0, metadata: res.metadata, etag: res.etag, lastModified: res.lastModified };
+      return downloadOf(what, res.readableStreamBody as Readable | undefined, headers, scope, classify);
     } catch (err) {
       scope.dispose();
       throw scope.mapError(err, classify);
@@ -212,10 +202,7 @@ export class AzureBlobStorage implements RemoteStorage {
     checkPath(path);
     return this.run(what, opts, async (scope) => {
       const p = await this.container.getBlobClient(this.name(path)).getProperties({ abortSignal: scope.signal });
-      const info: RemoteObjectInfo = { path, sizeBytes: p.contentLength ?? 0, metadata: p.metadata ?? {} };
-      if (p.etag) info.etag = p.etag;
-      if (p.lastModified) info.lastModified = p.lastModified;
-      return info;
+      return objectInfo(path, { sizeBytes: p.contentLength ?? 0, metadata: p.metadata, etag: p.etag, lastModified: p.lastModified });
     });
   }
 
@@ -261,11 +248,7 @@ export class AzureBlobStorage implements RemoteStorage {
   }
 
   private async emptyDownload(path: RemotePath, opts: RemoteOpOptions | undefined): Promise<Download> {
-    const info = await this.head(path, opts);
-    const dl: Download = { stream: emptyStream(), sizeBytes: 0, metadata: info.metadata };
-    if (info.etag) dl.etag = info.etag;
-    if (info.lastModified) dl.lastModified = info.lastModified;
-    return dl;
+    return emptyDownloadOf(await this.head(path, opts));
   }
 
   private run<T>(what: string, opts: RemoteOpOptions | undefined, fn: (scope: OpScope) => Promise<T>): Promise<T> {

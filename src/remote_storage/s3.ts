@@ -56,7 +56,7 @@ import {
   type UploadBody,
   type UploadOptions,
 } from "./remote_storage.js";
-import { checkPath, checkPrefix, emptyStream, guardDownloadStream, prepareUploadBody, validateMetadata, validateRange } from "./streams.js";
+import { checkPath, checkPrefix, downloadOf, emptyDownloadOf, objectInfo, prepareUploadBody, validateMetadata, validateRange } from "./streams.js";
 
 /** DeleteObjects accepts at most 1000 keys per request (S3 API limit). */
 export const S3_MAX_DELETE_BATCH = 1000;
@@ -234,8 +234,7 @@ export class S3Storage implements RemoteStorage {
     const range = validateRange(what, opts?.range);
     if (range !== undefined && range.end !== undefined && range.end === range.start) {
       // An empty range cannot be expressed as a Range header ("bytes=5-4" is ignored by S3).
-      const info = await this.head(path, opts);
-      return { stream: emptyStream(), sizeBytes: 0, etag: info.etag, lastModified: info.lastModified, metadata: info.metadata } as Download;
+      return emptyDownloadOf(await this.head(path, opts));
     }
     const scope = new OpScope(what, opts, this.defaultTimeoutMs);
     const classify = (e: unknown): RemoteStorageError => classifyS3Error(what, e);
@@ -250,7 +249,7 @@ export class S3Storage implements RemoteStorage {
           // Start at or past the end: S3 answers 416 InvalidRange; the contract says "empty".
           scope.dispose();
           const info = await this.head(path, opts);
-          return { stream: emptyStream(), sizeBytes: 0, etag: info.etag, lastModified: info.lastModified, metadata: info.metadata } as Download;
+          return emptyDownloadOf(info);
         }
         throw err;
       }
@@ -268,16 +267,7 @@ export class S3Storage implements RemoteStorage {
           sizeBytes = wantEnd - wantStart;
         }
       }
-      const dl: Download = { stream: emptyStream(), sizeBytes, metadata: res.Metadata ?? {} };
-      if (res.ETag) dl.etag = res.ETag;
-      if (res.LastModified) dl.lastModified = res.LastModified;
-      if (source === undefined || sizeBytes === 0) {
-        source?.destroy();
-        scope.dispose();
-        return dl;
-      }
-      dl.stream = guardDownloadStream(what, source, sizeBytes, scope, classify);
-      return dl;
+      return downloadOf(what, source, { sizeBytes, metadata: res.Metadata, etag: res.ETag, lastModified: res.LastModified }, scope, classify);
     } catch (err) {
       scope.dispose();
       throw scope.mapError(err, classify);
@@ -289,10 +279,7 @@ export class S3Storage implements RemoteStorage {
     checkPath(path);
     return this.run(what, opts, async (scope) => {
       const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key(path) }), { abortSignal: scope.signal });
-      const info: RemoteObjectInfo = { path, sizeBytes: res.ContentLength ?? 0, metadata: res.Metadata ?? {} };
-      if (res.ETag) info.etag = res.ETag;
-      if (res.LastModified) info.lastModified = res.LastModified;
-      return info;
+      return objectInfo(path, { sizeBytes: res.ContentLength ?? 0, metadata: res.Metadata, etag: res.ETag, lastModified: res.LastModified });
     });
   }
 

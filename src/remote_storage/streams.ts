@@ -17,7 +17,7 @@
 import { Readable, Transform, finished } from "node:stream";
 import { invalidArgument, ioError, type OpScope, type RemoteStorageError } from "./errors.js";
 import { parseRemotePath, parseRemotePrefix, type RemotePath, type RemotePrefix } from "./remote_path.js";
-import type { ByteRange, UploadBody, UploadOptions } from "./remote_storage.js";
+import type { ByteRange, Download, RemoteObjectInfo, UploadBody, UploadOptions } from "./remote_storage.js";
 
 /**
  * Largest total of metadata keys + values. S3 allows 2 KiB of user metadata
@@ -157,6 +157,48 @@ function wire(
     onClose?.();
   });
   source.pipe(out);
+}
+
+/** What a backend's response says about an object (fields it did not send are absent or undefined). */
+export interface ObjectHeaders {
+  sizeBytes: number;
+  metadata?: Record<string, string> | undefined;
+  etag?: string | undefined;
+  lastModified?: Date | undefined;
+}
+
+/** The object description `head` returns, from a backend's response headers. */
+export function objectInfo(path: RemotePath, h: ObjectHeaders): RemoteObjectInfo {
+  const info: RemoteObjectInfo = { path, sizeBytes: h.sizeBytes, metadata: h.metadata ?? {} };
+  if (h.etag) info.etag = h.etag;
+  if (h.lastModified) info.lastModified = h.lastModified;
+  return info;
+}
+
+/**
+ * The Download for a backend's response: its body guarded by
+ * guardDownloadStream, or — when there is nothing to read — an empty stream,
+ * with the body destroyed and the scope disposed at once.
+ */
+export function downloadOf(what: string, source: Readable | undefined, h: ObjectHeaders, scope: OpScope, classify: (err: unknown) => RemoteStorageError): Download {
+  const dl: Download = { stream: emptyStream(), sizeBytes: h.sizeBytes, metadata: h.metadata ?? {} };
+  if (h.etag) dl.etag = h.etag;
+  if (h.lastModified) dl.lastModified = h.lastModified;
+  if (source === undefined || h.sizeBytes === 0) {
+    source?.destroy();
+    scope.dispose();
+    return dl;
+  }
+  dl.stream = guardDownloadStream(what, source, h.sizeBytes, scope, classify);
+  return dl;
+}
+
+/** An empty Download of the object `info` describes (a zero-length range of it). */
+export function emptyDownloadOf(info: RemoteObjectInfo): Download {
+  const dl: Download = { stream: emptyStream(), sizeBytes: 0, metadata: info.metadata };
+  if (info.etag) dl.etag = info.etag;
+  if (info.lastModified) dl.lastModified = info.lastModified;
+  return dl;
 }
 
 /** An empty download stream. */
