@@ -10,9 +10,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { cp, readFile, rm } from "node:fs/promises";
-import { resolve } from "node:path";
+import { readFile, rm } from "node:fs/promises";
 import { formatLsn, parseLsn } from "../src/lib/lsn.js";
 import { PagestreamClient } from "../src/pageserver/pagestream.js";
 import { WalRedoPool } from "../src/walredo/pool.js";
@@ -20,36 +18,9 @@ import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import { startPostgres } from "./harness/pg_server.js";
 import { freePort } from "./harness/ports.js";
 import { makeTempDir } from "./harness/tools.js";
-import { http, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http, newIds, waitFor } from "./safekeeper_helpers.js";
 import { comparePages } from "./pageserver_support.js";
-
-const MAIN_JS = resolve("dist/src/cli/main.js");
-
-interface Child {
-  proc: ChildProcess;
-  exited: Promise<number | null>;
-  stderr: () => string;
-}
-
-async function startChild(dataDir: string, pgPort: number, httpPort: number, skPort: number): Promise<Child> {
-  const proc = spawn(
-    process.execPath,
-    [MAIN_JS, "pageserver", "--datadir", dataDir, "--pg-port", String(pgPort), "--http-port", String(httpPort), "--safekeepers", `127.0.0.1:${skPort}`, "--checkpoint-distance", String(1024 * 1024), "--log-level", "info"],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  let err = "";
-  proc.stderr!.on("data", (b: Buffer) => {
-    err = (err + b.toString("utf8")).slice(-200_000);
-  });
-  const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
-  let dead = false;
-  void exited.then(() => (dead = true));
-  await waitFor("the pageserver child to answer /v1/status", async () => {
-    if (dead) throw new Error(`pageserver child exited early:\n${err.slice(-3000)}`);
-    return (await http(httpPort, "GET", "/v1/status").catch(() => ({ status: 0 }))).status === 200;
-  }, 30_000, 100);
-  return { proc, exited, stderr: () => err };
-}
+import { computeWithSafekeeper, startPageserverChild, type PageserverChild } from "./pageserver_chain.js";
 
 test("kill -9 during ingest: restart resumes from disk_consistent_lsn and every pgbench page matches", { timeout: 170_000 }, async () => {
   const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { autovacuum: false, checkpoint_timeout: "1h", max_wal_size: "1GB" } });
@@ -57,16 +28,13 @@ test("kill -9 during ingest: restart resumes from disk_consistent_lsn and every 
   const psDir = await makeTempDir("ps");
   const [pgPort, httpPort] = [await freePort(), await freePort()];
   let sk: Safekeeper | undefined;
-  let child: Child | undefined;
+  let child: PageserverChild | undefined;
   const pool = new WalRedoPool({ tenantId: "masking", dataChecksums: false });
   try {
-    await pg.stop("fast");
-    const copy = `${pg.dataDir}.import`;
-    await cp(pg.dataDir, copy, { recursive: true });
-    await pg.start();
-    sk = await startInProcess({ id: 1 });
-    assert.equal((await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 })).status, 201);
-    child = await startChild(psDir, pgPort, httpPort, sk.pgPort);
+    const chain = await computeWithSafekeeper(pg, ids);
+    sk = chain.sk;
+    const copy = chain.importDir;
+    child = await startPageserverChild({ dataDir: psDir, pgPort, httpPort, skPort: sk.pgPort });
     assert.equal((await http(httpPort, "POST", "/v1/tenant", { tenant_id: ids.tenantId })).status, 201);
     const r = await http(httpPort, "POST", `/v1/tenant/${ids.tenantId}/timeline`, { new_timeline_id: ids.timelineId, import_datadir: copy });
     assert.equal(r.status, 201, r.text);
@@ -83,7 +51,7 @@ test("kill -9 during ingest: restart resumes from disk_consistent_lsn and every 
     console.log(`killed at last_record_lsn ${before.last_record_lsn}, disk_consistent_lsn ${before.disk_consistent_lsn}`);
     await bench;
 
-    child = await startChild(psDir, pgPort, httpPort, sk.pgPort);
+    child = await startPageserverChild({ dataDir: psDir, pgPort, httpPort, skPort: sk.pgPort });
     const after = await state(httpPort);
     assert.ok(parseLsn(after.disk_consistent_lsn) >= parseLsn(before.disk_consistent_lsn), "no flushed layer lost");
     await pg.checkpoint();

@@ -13,9 +13,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { cp, mkdir, readdir, rm } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { formatLsn, parseLsn } from "../src/lib/lsn.js";
 import { crc32c } from "../src/formats/crc32c.js";
 import { PagestreamClient } from "../src/pageserver/pagestream.js";
@@ -28,36 +27,9 @@ import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import { startPostgres } from "./harness/pg_server.js";
 import { freePort } from "./harness/ports.js";
 import { makeTempDir } from "./harness/tools.js";
-import { http, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http, newIds, waitFor } from "./safekeeper_helpers.js";
 import { snapshotPages, timelineState, waitRemoteConsistent, waitTenantActive, type RelRef } from "./pageserver_remote_support.js";
-
-const MAIN_JS = resolve("dist/src/cli/main.js");
-
-interface Child {
-  proc: ChildProcess;
-  exited: Promise<number | null>;
-  stderr: () => string;
-}
-
-async function startChild(dataDir: string, pgPort: number, httpPort: number, skPort: number, remoteUrl: string, env: Record<string, string> = {}): Promise<Child> {
-  const proc = spawn(
-    process.execPath,
-    [MAIN_JS, "pageserver", "--datadir", dataDir, "--pg-port", String(pgPort), "--http-port", String(httpPort), "--safekeepers", `127.0.0.1:${skPort}`, "--checkpoint-distance", String(1024 * 1024), "--remote-storage", remoteUrl, "--log-level", "info"],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env } },
-  );
-  let err = "";
-  proc.stderr!.on("data", (b: Buffer) => {
-    err = (err + b.toString("utf8")).slice(-400_000);
-  });
-  const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
-  let dead = false;
-  void exited.then(() => (dead = true));
-  await waitFor("the pageserver child to answer /v1/status", async () => {
-    if (dead) throw new Error(`pageserver child exited early:\n${err.slice(-3000)}`);
-    return (await http(httpPort, "GET", "/v1/status").catch(() => ({ status: 0 }))).status === 200;
-  }, 30_000, 100);
-  return { proc, exited, stderr: () => err };
-}
+import { computeWithSafekeeper, startPageserverChild, type PageserverChild } from "./pageserver_chain.js";
 
 /** Every index in remote storage lists only layers that exist with the listed size and checksum. */
 async function auditRemote(storage: LocalFsStorage, tenantId: string, timelineId: string): Promise<{ indexes: number; layers: number; objects: number }> {
@@ -89,16 +61,13 @@ test("kill -9 during uploads and halfway through an attach (local-directory back
   const storage = new LocalFsStorage({ root: remoteDir });
   const [pgPort, httpPort] = [await freePort(), await freePort()];
   let sk: Safekeeper | undefined;
-  let child: Child | undefined;
+  let child: PageserverChild | undefined;
   const clients: PagestreamClient[] = [];
   try {
-    await pg.stop("fast");
-    const copy = `${pg.dataDir}.import`;
-    await cp(pg.dataDir, copy, { recursive: true });
-    await pg.start();
-    sk = await startInProcess({ id: 1 });
-    assert.equal((await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 })).status, 201);
-    child = await startChild(psDir, pgPort, httpPort, sk.pgPort, remoteUrl);
+    const chain = await computeWithSafekeeper(pg, ids);
+    sk = chain.sk;
+    const copy = chain.importDir;
+    child = await startPageserverChild({ dataDir: psDir, pgPort, httpPort, skPort: sk.pgPort, args: ["--remote-storage", remoteUrl] });
     assert.equal((await http(httpPort, "POST", "/v1/tenant", { tenant_id: ids.tenantId, generation: 1 })).status, 201);
     let r = await http(httpPort, "POST", `/v1/tenant/${ids.tenantId}/timeline`, { new_timeline_id: ids.timelineId, import_datadir: copy });
     assert.equal(r.status, 201, r.text);
@@ -115,7 +84,7 @@ test("kill -9 during uploads and halfway through an attach (local-directory back
     console.log(`(a) killed with remote_consistent_lsn ${before.remote_consistent_lsn}, queue ${JSON.stringify(before.remote)}; remote audit: ${JSON.stringify(auditA)}`);
     await bench;
 
-    child = await startChild(psDir, pgPort, httpPort, sk.pgPort, remoteUrl);
+    child = await startPageserverChild({ dataDir: psDir, pgPort, httpPort, skPort: sk.pgPort, args: ["--remote-storage", remoteUrl] });
     await waitTenantActive(httpPort, ids.tenantId);
     const restarted = await timelineState(httpPort, ids.tenantId, ids.timelineId);
     assert.ok(parseLsn(restarted.remote_consistent_lsn) >= parseLsn(before.remote_consistent_lsn), "remote_consistent_lsn never goes back");
@@ -150,7 +119,7 @@ test("kill -9 during uploads and halfway through an attach (local-directory back
     child = undefined;
     await rm(psDir, { recursive: true, force: true });
     await mkdir(psDir);
-    child = await startChild(psDir, pgPort, httpPort, sk.pgPort, remoteUrl, { STRATA_FAILPOINT_ATTACH_PAUSE_MS: "60000" });
+    child = await startPageserverChild({ dataDir: psDir, pgPort, httpPort, skPort: sk.pgPort, args: ["--remote-storage", remoteUrl], env: { STRATA_FAILPOINT_ATTACH_PAUSE_MS: "60000" } });
     r = await http(httpPort, "POST", `/v1/tenant/${ids.tenantId}/attach`, { generation: 2 });
     assert.equal(r.status, 202, r.text);
     await waitFor("the attach to reach its failpoint", () => child!.stderr().includes("pausing halfway through the attach"), 30_000, 50);
@@ -160,7 +129,7 @@ test("kill -9 during uploads and halfway through an attach (local-directory back
     child = undefined;
     const tenantDir = join(psDir, "tenants", ids.tenantId);
     assert.ok((await readdir(tenantDir)).includes("attaching"), "the attach marker survives the crash");
-    child = await startChild(psDir, pgPort, httpPort, sk.pgPort, remoteUrl);
+    child = await startPageserverChild({ dataDir: psDir, pgPort, httpPort, skPort: sk.pgPort, args: ["--remote-storage", remoteUrl] });
     await waitTenantActive(httpPort, ids.tenantId);
     assert.ok(child.stderr().includes("resuming an interrupted attach"), "the restart resumed the attach");
     assert.ok(!(await readdir(tenantDir)).includes("attaching"), "marker removed once attached");

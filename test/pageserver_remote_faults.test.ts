@@ -11,7 +11,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cp, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { formatLsn, parseLsn } from "../src/lib/lsn.js";
 import type { Pageserver } from "../src/pageserver/pageserver.js";
 import { PagestreamClient } from "../src/pageserver/pagestream.js";
@@ -19,8 +19,9 @@ import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import { startPostgres } from "./harness/pg_server.js";
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverServer } from "./harness/s3rver.js";
 import { makeTempDir } from "./harness/tools.js";
-import { http, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http, newIds, waitFor } from "./safekeeper_helpers.js";
 import { FaultyProxy, snapshotPages, startRemotePs, timelineState, waitRemoteConsistent, waitTenantActive, type RelRef } from "./pageserver_remote_support.js";
+import { computeWithSafekeeper } from "./pageserver_chain.js";
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
 
@@ -43,12 +44,9 @@ test("storage faults through a misbehaving proxy: ingest goes on, uploads retry,
     process.env.AWS_SECRET_ACCESS_KEY = S3RVER_CREDENTIALS.secretAccessKey;
     const urlFor = (endpoint: string) => `s3://strata-ps/faults?endpoint=${encodeURIComponent(endpoint)}&region=us-east-1&force_path_style=true&timeout_ms=5000&max_attempts=3`;
 
-    await pg.stop("fast");
-    const copy = `${pg.dataDir}.import`;
-    await cp(pg.dataDir, copy, { recursive: true });
-    await pg.start();
-    sk = await startInProcess({ id: 1 });
-    assert.equal((await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 })).status, 201);
+    const chain = await computeWithSafekeeper(pg, ids);
+    sk = chain.sk;
+    const copy = chain.importDir;
     ps = await startRemotePs(psDir, sk.pgPort, urlFor(proxy.endpoint));
     assert.equal((await http(ps.httpPort, "POST", "/v1/tenant", { tenant_id: ids.tenantId, generation: 1 })).status, 201);
     const r = await http(ps.httpPort, "POST", `/v1/tenant/${ids.tenantId}/timeline`, { new_timeline_id: ids.timelineId, import_datadir: copy });

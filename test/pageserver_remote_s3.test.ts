@@ -12,7 +12,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cp, readdir, rm, stat } from "node:fs/promises";
+import { readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { formatLsn, parseLsn } from "../src/lib/lsn.js";
 import type { Pageserver } from "../src/pageserver/pageserver.js";
@@ -21,8 +21,9 @@ import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import { startPostgres } from "./harness/pg_server.js";
 import { S3RVER_CREDENTIALS, startS3rver, type S3rverServer } from "./harness/s3rver.js";
 import { makeTempDir } from "./harness/tools.js";
-import { http, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http, newIds, waitFor } from "./safekeeper_helpers.js";
 import { metricValue, snapshotPages, startRemotePs, timelineState, waitRemoteConsistent, waitTenantActive, type RelRef } from "./pageserver_remote_support.js";
+import { computeWithSafekeeper } from "./pageserver_chain.js";
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = "true";
 
@@ -40,12 +41,9 @@ test("S3: pgbench, delete the pageserver's local directory, attach with generati
     process.env.AWS_SECRET_ACCESS_KEY = S3RVER_CREDENTIALS.secretAccessKey;
     const url = `s3://strata-ps/ps-test?endpoint=${encodeURIComponent(s3.endpoint)}&region=us-east-1&force_path_style=true`;
 
-    await pg.stop("fast");
-    const copy = `${pg.dataDir}.import`;
-    await cp(pg.dataDir, copy, { recursive: true });
-    await pg.start();
-    sk = await startInProcess({ id: 1 });
-    assert.equal((await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 })).status, 201);
+    const chain = await computeWithSafekeeper(pg, ids);
+    sk = chain.sk;
+    const copy = chain.importDir;
     ps = await startRemotePs(psDir, sk.pgPort, url);
     let r = await http(ps.httpPort, "POST", "/v1/tenant", { tenant_id: ids.tenantId, generation: 1 });
     assert.equal(r.status, 201, r.text);

@@ -5,7 +5,7 @@
  */
 import http from "node:http";
 import assert from "node:assert/strict";
-import { cp, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { formatLsn, parseLsn, type Lsn } from "../src/lib/lsn.js";
 import { createRegistry } from "../src/lib/metrics.js";
@@ -17,7 +17,8 @@ import { PagestreamClient } from "../src/pageserver/pagestream.js";
 import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import { startPostgres } from "./harness/pg_server.js";
 import { makeTempDir } from "./harness/tools.js";
-import { http as httpCall, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http as httpCall, newIds, waitFor } from "./safekeeper_helpers.js";
+import { computeWithSafekeeper } from "./pageserver_chain.js";
 
 export async function startRemotePs(dataDir: string, skPort: number | undefined, remoteStorage: string, extra: { maxLocalLayerBytes?: number; evictionPeriodMs?: number } = {}): Promise<Pageserver> {
   const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0, safekeepers: skPort === undefined ? [] : [`127.0.0.1:${skPort}`], remoteStorage, ...extra };
@@ -157,12 +158,9 @@ export async function roundTrip(label: string, url: string): Promise<void> {
   let ps: Pageserver | undefined;
   const clients: PagestreamClient[] = [];
   try {
-    await pg.stop("fast");
-    const copy = `${pg.dataDir}.import`;
-    await cp(pg.dataDir, copy, { recursive: true });
-    await pg.start();
-    sk = await startInProcess({ id: 1 });
-    assert.equal((await httpCall(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 })).status, 201);
+    const chain = await computeWithSafekeeper(pg, ids);
+    sk = chain.sk;
+    const copy = chain.importDir;
     ps = await startRemotePs(psDir, sk.pgPort, url);
     assert.equal((await httpCall(ps.httpPort, "POST", "/v1/tenant", { tenant_id: ids.tenantId })).status, 201);
     let r = await httpCall(ps.httpPort, "POST", `/v1/tenant/${ids.tenantId}/timeline`, { new_timeline_id: ids.timelineId, import_datadir: copy });

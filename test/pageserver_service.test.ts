@@ -21,7 +21,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cp, readFile, rm } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { formatLsn, parseLsn, type Lsn } from "../src/lib/lsn.js";
 import { createRegistry } from "../src/lib/metrics.js";
@@ -34,8 +34,9 @@ import { WalRedoPool } from "../src/walredo/pool.js";
 import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import { startPostgres } from "./harness/pg_server.js";
 import { makeTempDir } from "./harness/tools.js";
-import { http, newIds, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http, newIds, waitFor } from "./safekeeper_helpers.js";
 import { comparePages } from "./pageserver_support.js";
+import { computeWithSafekeeper } from "./pageserver_chain.js";
 
 async function startPs(dataDir: string, skPort: number): Promise<Pageserver> {
   const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0, safekeepers: [`127.0.0.1:${skPort}`] };
@@ -54,13 +55,10 @@ test("compute -> safekeeper -> pageserver: streaming ingest, page service, HTTP 
   const pool = new WalRedoPool({ tenantId: "masking", dataChecksums: false });
   try {
     // Bootstrap material: the compute's cleanly stopped data directory.
-    await pg.stop("fast");
-    const copy = `${pg.dataDir}.import`;
-    await cp(pg.dataDir, copy, { recursive: true });
-    await pg.start();
-    sk = await startInProcess({ id: 1 });
-    let r = await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 });
-    assert.equal(r.status, 201, r.text);
+    const chain = await computeWithSafekeeper(pg, ids);
+    sk = chain.sk;
+    const copy = chain.importDir;
+    let r;
 
     ps = await startPs(psDir, sk.pgPort);
     r = await http(ps.httpPort, "POST", "/v1/tenant", { tenant_id: ids.tenantId });

@@ -1,0 +1,109 @@
+/**
+ * The compute -> safekeeper -> pageserver chain that the pageserver's
+ * integration tests build, in one place:
+ *
+ * * `computeWithSafekeeper(pg, ids)`: the compute's data directory copied
+ *   while it is cleanly stopped (what a new timeline imports: the import LSN
+ *   is the shutdown checkpoint, so the WAL the safekeeper streams from the
+ *   restarted compute continues exactly there), then an in-process
+ *   safekeeper sk_1 with the compute registered at term 1 (the compute's
+ *   synchronous_standby_names must name sk_1).
+ * * `startPageserverChild(...)`: `strata pageserver` as a child process (for
+ *   tests that kill -9 it), waited for until its HTTP API answers.
+ *
+ * Callers stop what they get back (try/finally), as with every server.
+ */
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { cp } from "node:fs/promises";
+import { resolve } from "node:path";
+import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
+import type { PgServer } from "./harness/pg_server.js";
+import { http, startInProcess, waitFor } from "./safekeeper_helpers.js";
+
+const MAIN_JS = resolve("dist/src/cli/main.js");
+/** Bound on a pageserver child answering /v1/status after spawn. */
+const CHILD_START_TIMEOUT_MS = 30_000;
+/** Tail of a child's stderr kept for failure messages. */
+const STDERR_KEEP_CHARS = 400_000;
+
+export interface ComputeWithSafekeeper {
+  /** The compute's data directory as of its clean shutdown: import it as the timeline's start. */
+  importDir: string;
+  sk: Safekeeper;
+}
+
+export async function computeWithSafekeeper(pg: PgServer, ids: { tenantId: string; timelineId: string }): Promise<ComputeWithSafekeeper> {
+  await pg.stop("fast");
+  const importDir = `${pg.dataDir}.import`;
+  await cp(pg.dataDir, importDir, { recursive: true });
+  await pg.start();
+  const sk = await startInProcess({ id: 1 });
+  try {
+    const r = await http(sk.httpPort, "PUT", `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}/compute`, { connstr: pg.connString(), term: 1 });
+    assert.equal(r.status, 201, r.text);
+  } catch (e) {
+    await sk.stop();
+    throw e;
+  }
+  return { importDir, sk };
+}
+
+export interface PageserverChild {
+  proc: ChildProcess;
+  exited: Promise<number | null>;
+  stderr: () => string;
+}
+
+/**
+ * `strata pageserver` with 1 MiB checkpoint distance (so a small workload
+ * flushes layers), streaming from the safekeeper at `skPort`; `args` adds
+ * flags (e.g. `--remote-storage URL`), `env` environment (fail points).
+ */
+export async function startPageserverChild(opts: {
+  dataDir: string;
+  pgPort: number;
+  httpPort: number;
+  skPort: number;
+  args?: string[];
+  env?: Record<string, string>;
+}): Promise<PageserverChild> {
+  const proc = spawn(
+    process.execPath,
+    [
+      MAIN_JS,
+      "pageserver",
+      "--datadir",
+      opts.dataDir,
+      "--pg-port",
+      String(opts.pgPort),
+      "--http-port",
+      String(opts.httpPort),
+      "--safekeepers",
+      `127.0.0.1:${opts.skPort}`,
+      "--checkpoint-distance",
+      String(1024 * 1024),
+      ...(opts.args ?? []),
+      "--log-level",
+      "info",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } },
+  );
+  let err = "";
+  proc.stderr!.on("data", (b: Buffer) => {
+    err = (err + b.toString("utf8")).slice(-STDERR_KEEP_CHARS);
+  });
+  const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
+  let dead = false;
+  void exited.then(() => (dead = true));
+  await waitFor(
+    "the pageserver child to answer /v1/status",
+    async () => {
+      if (dead) throw new Error(`pageserver child exited early:\n${err.slice(-3000)}`);
+      return (await http(opts.httpPort, "GET", "/v1/status").catch(() => ({ status: 0 }))).status === 200;
+    },
+    CHILD_START_TIMEOUT_MS,
+    100,
+  );
+  return { proc, exited, stderr: () => err };
+}
