@@ -31,6 +31,15 @@ export interface DurableFile {
   read(into: Uint8Array, position: number): Promise<number>;
   /** Makes the file's data (and the metadata needed to read it back) durable. */
   sync(): Promise<void>;
+  /**
+   * The commit path's synchronous variant (WalStorage.appendAndFlushNow):
+   * when this file does small I/O on the caller's thread (InlineIoFS), writes
+   * all of `data` at `position` and then makes the file durable as `sync`
+   * does, before returning true. Returns false, having done nothing, when it
+   * does not (or `data` is too large for it): the caller uses write + sync.
+   * Absent: always false.
+   */
+  writeAndSyncNow?(data: Uint8Array, position: number): boolean;
   /** Current size in bytes. */
   size(): Promise<number>;
   close(): Promise<void>;

@@ -64,12 +64,7 @@ class InlineFile implements DurableFile {
       }
       return;
     }
-    let done = 0;
-    while (done < data.length) {
-      const n = writeSync(this.fh.fd, data, done, data.length - done, position + done);
-      if (n <= 0) throw new Error(`write to ${this.path} at ${position + done} made no progress`);
-      done += n;
-    }
+    this.writeInline(data, position);
   }
 
   async read(into: Uint8Array, position: number): Promise<number> {
@@ -88,6 +83,24 @@ class InlineFile implements DurableFile {
     this.dirtyBytes = 0;
     if (this.inlineFsync && dirty <= INLINE_FSYNC_MAX_DIRTY_BYTES) fdatasyncSync(this.fh.fd);
     else await this.fh.datasync();
+  }
+
+  writeAndSyncNow(data: Uint8Array, position: number): boolean {
+    if (!this.inlineFsync || data.length > INLINE_IO_MAX_BYTES || this.dirtyBytes + data.length > INLINE_FSYNC_MAX_DIRTY_BYTES) return false;
+    this.dirtyBytes += data.length;
+    this.writeInline(data, position);
+    this.dirtyBytes = 0;
+    fdatasyncSync(this.fh.fd);
+    return true;
+  }
+
+  private writeInline(data: Uint8Array, position: number): void {
+    let done = 0;
+    while (done < data.length) {
+      const n = writeSync(this.fh.fd, data, done, data.length - done, position + done);
+      if (n <= 0) throw new Error(`write to ${this.path} at ${position + done} made no progress`);
+      done += n;
+    }
   }
 
   async size(): Promise<number> {

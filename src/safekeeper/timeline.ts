@@ -189,8 +189,16 @@ export interface TimelineOptions {
 /** Serializes async critical sections, FIFO. */
 class AsyncMutex {
   private tail: Promise<unknown> = Promise.resolve();
+  private pending = 0;
+  /** Nobody holds or waits for the mutex: synchronous code may act as if it held it. */
+  get idle(): boolean {
+    return this.pending === 0;
+  }
   run<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.tail.then(fn);
+    this.pending++;
+    const p = this.tail.then(fn).finally(() => {
+      this.pending--;
+    });
     this.tail = p.catch(() => undefined);
     return p;
   }
@@ -636,6 +644,27 @@ export class Timeline implements ConsensusTimeline {
   }
 
   /**
+   * appendAndFlushFromCompute done synchronously when nothing else holds or
+   * waits for the mutex and the storage can (WalStorage.appendAndFlushNow):
+   * same checks, same errors, same effects, returns the flush LSN; returns
+   * undefined, having done nothing, when the caller must use
+   * appendAndFlushFromCompute. Running to completion without yielding is
+   * what makes skipping the mutex safe.
+   */
+  appendAndFlushFromComputeNow(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Lsn | undefined {
+    if (!this.mutex.idle || this.closed) return undefined;
+    if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
+    this.checkCaughtUp(computeTerm);
+    const before = this.flushLsn;
+    const t0 = performance.now();
+    const l = this.store.wal.appendAndFlushNow(startLsn, bytes);
+    if (l === undefined) return undefined;
+    this.series.walReceivedBytes.inc(bytes.length);
+    this.flushed(before, l, t0);
+    return l;
+  }
+
+  /**
    * Appends WAL fetched from a peer safekeeper (recovery of a lagging member,
    * after truncateAndSetHistory) at `startLsn` (the write LSN) and makes it
    * durable; returns the flush LSN. Refused once a term above `t` was promised.
@@ -691,6 +720,12 @@ export class Timeline implements ConsensusTimeline {
     const before = this.flushLsn;
     const t0 = performance.now();
     const l = await this.store.wal.flush();
+    this.flushed(before, l, t0);
+    return l;
+  }
+
+  /** After an fsync that started at `t0` and moved the flush LSN from `before` to `l`: metrics, solo commit, waiters. */
+  private flushed(before: Lsn, l: Lsn, t0: number): void {
     this.opts.metrics.fsyncSeconds.observe((performance.now() - t0) / 1000);
     this.series.fsyncs.inc();
     if (l !== before) {
@@ -700,7 +735,6 @@ export class Timeline implements ConsensusTimeline {
       this.series.commitLsn.set(Number(this.commit));
       this.maybePersistProgress();
     }
-    return l;
   }
 
   /**

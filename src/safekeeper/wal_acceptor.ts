@@ -18,7 +18,9 @@
  * Group commit: a reader puts XLogData payloads into a pending buffer; one
  * writer repeatedly takes everything pending (at most MAX_WRITE_BATCH_BYTES),
  * writes it, fsyncs once and reports (Timeline.appendAndFlushFromCompute:
- * one critical section per batch). The reader takes messages a socket chunk
+ * one critical section per batch; in the common case — nothing else holds
+ * the timeline, the batch stays inside the open segment — synchronously,
+ * without a promise, through appendAndFlushFromComputeNow). The reader takes messages a socket chunk
  * at a time (ReplicationStream.readBatch: zero-copy payload views, one await
  * per chunk, not per message); the writer first yields once to the event
  * loop so every chunk readable in this poll phase is pending before it
@@ -452,7 +454,7 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
       const w = wakeReader;
       wakeReader = undefined;
       w?.();
-      await tl.appendAndFlushFromCompute(reg.term, at, batch);
+      if (tl.appendAndFlushFromComputeNow(reg.term, at, batch) === undefined) await tl.appendAndFlushFromCompute(reg.term, at, batch);
       if (!done) sendStatus();
       lastStatusMs = Date.now();
     }

@@ -10,6 +10,7 @@ import { encodeRecord } from "../formats/wal/xlog_record.js";
 import { RM_XLOG_ID, XLOG_SWITCH } from "../formats/wal/rmgr/xlog.js";
 import { NodeDurableFS, type DurableFS } from "./durable_fs.js";
 import { FaultyFS } from "./faulty_fs.js";
+import { InlineIoFS } from "./inline_fs.js";
 import { seededRandom } from "../lib/prng.js";
 import { WalStorage } from "./wal_storage.js";
 
@@ -474,6 +475,62 @@ test("reads racing with writes, segment completion and renames always return the
       await reader;
     }
     assert.ok(reads > 50, `only ${reads} reads`);
+    await s.close();
+  });
+});
+
+test("appendAndFlushNow: synchronous write+fsync inside the partial segment, the async path for everything else, same bytes on disk", async () => {
+  const stream = makeStream(11, 2.6 * SEG);
+  await withDir(async (dir) => {
+    const s = await openStorage(new InlineIoFS(), dir);
+    const rand = seededRandom(5);
+    let pos = START;
+    let fast = 0;
+    let slow = 0;
+    const end = lsn(START + BigInt(stream.bytes.length));
+    while (pos < end) {
+      const n = Math.min(Number(end - pos), 1 + Math.floor(rand() * 30_000));
+      const off = Number(pos - START);
+      const piece = stream.bytes.subarray(off, off + n);
+      const next = lsn(pos + BigInt(n));
+      const l = s.appendAndFlushNow(pos, piece);
+      if (l !== undefined) {
+        fast++;
+        assert.equal(l, next, "the fast path flushes exactly what it wrote");
+      } else {
+        slow++;
+        assert.equal(s.writeLsn, pos, "a refused fast path writes nothing");
+        await s.write(pos, piece);
+        assert.equal(await s.flush(), next);
+      }
+      assert.equal(s.flushLsn, next);
+      assert.equal(s.flushRecordLsn, lastRecordEndAtOrBelow(stream, next));
+      pos = next;
+    }
+    // The first write creates the partial segment and every segment end completes one: those take the async path.
+    assert.ok(fast > 50 && slow >= 3, `fast ${fast}, slow ${slow}`);
+    // While another mutating call is queued the fast path steps aside (ordering).
+    const extra = makeStream(11, 2.6 * SEG + 4096);
+    const flushing = s.flush();
+    const more = extra.bytes.subarray(stream.bytes.length, stream.bytes.length + 100);
+    assert.equal(s.appendAndFlushNow(end, more), undefined);
+    await flushing;
+    await s.close();
+    await assertDirMatches(dir, stream, end, "after fast and slow appends");
+    const again = await openStorage(new InlineIoFS(), dir);
+    assert.equal(again.flushLsn, lastRecordEndAtOrBelow(stream, end));
+    await again.close();
+  });
+});
+
+test("appendAndFlushNow is not available on a file system without inline I/O", async () => {
+  const stream = makeStream(12, 0.5 * SEG);
+  await withDir(async (dir) => {
+    const s = await openStorage(new NodeDurableFS(), dir);
+    await s.write(START, stream.bytes.subarray(0, 1000));
+    await s.flush();
+    assert.equal(s.appendAndFlushNow(lsn(START + 1000n), stream.bytes.subarray(1000, 2000)), undefined);
+    assert.equal(s.writeLsn, lsn(START + 1000n));
     await s.close();
   });
 });
