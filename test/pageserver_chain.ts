@@ -14,18 +14,11 @@
  * Callers stop what they get back (try/finally), as with every server.
  */
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { cp } from "node:fs/promises";
-import { resolve } from "node:path";
 import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 import type { PgServer } from "./harness/pg_server.js";
-import { http, startInProcess, waitFor } from "./safekeeper_helpers.js";
+import { http, startInProcess, startStrataChild, type StrataChild } from "./safekeeper_helpers.js";
 
-const MAIN_JS = resolve("dist/src/cli/main.js");
-/** Bound on a pageserver child answering /v1/status after spawn. */
-const CHILD_START_TIMEOUT_MS = 30_000;
-/** Tail of a child's stderr kept for failure messages. */
-const STDERR_KEEP_CHARS = 400_000;
 
 export interface ComputeWithSafekeeper {
   /** The compute's data directory as of its clean shutdown: import it as the timeline's start. */
@@ -49,11 +42,7 @@ export async function computeWithSafekeeper(pg: PgServer, ids: { tenantId: strin
   return { importDir, sk };
 }
 
-export interface PageserverChild {
-  proc: ChildProcess;
-  exited: Promise<number | null>;
-  stderr: () => string;
-}
+export type PageserverChild = StrataChild;
 
 /**
  * `strata pageserver` with 1 MiB checkpoint distance (so a small workload
@@ -68,11 +57,9 @@ export async function startPageserverChild(opts: {
   args?: string[];
   env?: Record<string, string>;
 }): Promise<PageserverChild> {
-  const proc = spawn(
-    process.execPath,
-    [
-      MAIN_JS,
-      "pageserver",
+  return await startStrataChild({
+    command: "pageserver",
+    args: [
       "--datadir",
       opts.dataDir,
       "--pg-port",
@@ -84,26 +71,8 @@ export async function startPageserverChild(opts: {
       "--checkpoint-distance",
       String(1024 * 1024),
       ...(opts.args ?? []),
-      "--log-level",
-      "info",
     ],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...opts.env } },
-  );
-  let err = "";
-  proc.stderr!.on("data", (b: Buffer) => {
-    err = (err + b.toString("utf8")).slice(-STDERR_KEEP_CHARS);
+    httpPort: opts.httpPort,
+    ...(opts.env !== undefined ? { env: opts.env } : {}),
   });
-  const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
-  let dead = false;
-  void exited.then(() => (dead = true));
-  await waitFor(
-    "the pageserver child to answer /v1/status",
-    async () => {
-      if (dead) throw new Error(`pageserver child exited early:\n${err.slice(-3000)}`);
-      return (await http(opts.httpPort, "GET", "/v1/status").catch(() => ({ status: 0 }))).status === 200;
-    },
-    CHILD_START_TIMEOUT_MS,
-    100,
-  );
-  return { proc, exited, stderr: () => err };
 }

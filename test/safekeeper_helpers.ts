@@ -140,48 +140,69 @@ export function timelineDir(dataDir: string, ids: TimelineIds): string {
 // Child-process safekeeper (`node dist/src/cli/main.js safekeeper ...`)
 // ---------------------------------------------------------------------------
 
-export interface ChildSafekeeper {
+/** A `strata <command>` child process. */
+export interface StrataChild {
   proc: ChildProcess;
   stderr: () => string;
   exited: Promise<number | null>;
 }
+export type ChildSafekeeper = StrataChild;
 
 const MAIN_JS = resolve("dist/src/cli/main.js");
+/** Bound on a child answering /v1/status after spawn. */
+const CHILD_START_TIMEOUT_MS = 30_000;
+/** Tail of a child's stderr kept for failure messages. */
+const STDERR_KEEP_CHARS = 500_000;
 
-/** `mainJs`: another build's dist/src/cli/main.js (the benchmark compares builds); default this one. */
-export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string }): Promise<ChildSafekeeper> {
-  const mainJs = args.mainJs ?? MAIN_JS;
+/**
+ * Spawns `node <mainJs> <command> <args…> --log-level info` and waits until
+ * its HTTP API on `httpPort` answers /v1/status (failing at once, with its
+ * stderr, if it exits first). `mainJs`: another build's
+ * dist/src/cli/main.js (the benchmark compares builds); default this one.
+ * STRATA_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") adds
+ * node flags, for profiling a benchmark's child.
+ */
+export async function startStrataChild(opts: { command: string; args: string[]; httpPort: number; mainJs?: string; env?: Record<string, string> }): Promise<StrataChild> {
+  const mainJs = opts.mainJs ?? MAIN_JS;
   await stat(mainJs);
-  await mkdir(args.dataDir, { recursive: true });
-  // STRATA_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"): extra node flags, for profiling a benchmark's safekeeper.
   const nodeArgs = (process.env.STRATA_CHILD_NODE_ARGS ?? "").split(" ").filter((a) => a !== "");
-  const proc = spawn(
-    process.execPath,
-    [...nodeArgs, mainJs, "safekeeper", "--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort), "--log-level", "info"],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
+  const proc = spawn(process.execPath, [...nodeArgs, mainJs, opts.command, ...opts.args, "--log-level", "info"], {
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, ...opts.env },
+  });
   let err = "";
   proc.stderr!.on("data", (b: Buffer) => {
     err += b.toString("utf8");
-    if (err.length > 1_000_000) err = err.slice(-500_000);
+    if (err.length > 2 * STDERR_KEEP_CHARS) err = err.slice(-STDERR_KEEP_CHARS);
   });
   const exited = new Promise<number | null>((r) => proc.on("exit", (code) => r(code)));
   let dead = false;
   void exited.then(() => (dead = true));
   await waitFor(
-    "the safekeeper child to answer /v1/status",
+    `the ${opts.command} child to answer /v1/status`,
     async () => {
-      if (dead) throw new Error(`safekeeper child exited early:\n${err.slice(-3000)}`);
+      if (dead) throw new Error(`${opts.command} child exited early:\n${err.slice(-3000)}`);
       try {
-        return (await http(args.httpPort, "GET", "/v1/status")).status === 200;
+        return (await http(opts.httpPort, "GET", "/v1/status")).status === 200;
       } catch {
         return false;
       }
     },
-    30_000,
+    CHILD_START_TIMEOUT_MS,
     100,
   );
   return { proc, stderr: () => err, exited };
+}
+
+/** `strata safekeeper` as a child process (see startStrataChild). */
+export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string }): Promise<ChildSafekeeper> {
+  await mkdir(args.dataDir, { recursive: true });
+  return await startStrataChild({
+    command: "safekeeper",
+    args: ["--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort)],
+    httpPort: args.httpPort,
+    ...(args.mainJs !== undefined ? { mainJs: args.mainJs } : {}),
+  });
 }
 
 /** Stops a child (SIGTERM, then SIGKILL after a bound). */
