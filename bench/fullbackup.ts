@@ -16,20 +16,29 @@
  *       checkpoint is quick.
  * Prints bytes, seconds and MiB/s for each and the ratio a/b (goal >= 1.0).
  *
+ * `--compact`: after `--fresh-rounds` rounds on the layers as ingested,
+ * force compaction (L0 merge + image layers at last_record_lsn) and run
+ * `--rounds` more. Those back up the latest LSN, where the images are
+ * (`--compacted-at-target` keeps the load's end LSN, below the images).
+ *
  * `--profile FILE` (run node with --experimental-websocket): CPU-profiles
- * the pageserver process during the fullbackups — SIGUSR1 opens its
- * inspector on 127.0.0.1:9229, the profile is taken over the DevTools
- * protocol and written to FILE (.cpuprofile, open in Chrome DevTools).
+ * the pageserver process during one fullbackup (the last round, or
+ * `--profile-round N`) — SIGUSR1 opens its inspector on 127.0.0.1:9229,
+ * the profile is taken over the DevTools protocol and written to FILE
+ * (.cpuprofile, open in Chrome DevTools). Each round also prints the
+ * pageserver's CPU seconds for the fullbackup (from /proc), which a busy
+ * machine distorts far less than the wall-clock figures.
  *
  * Runs on demand only, never in the test suite.
  */
 import { performance } from "node:perf_hooks";
-import { readdir, stat, rm, writeFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { readdir, readFile, stat, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cliJson, cliOk, lastLine, portOf, sqlAt, withRepo, type StatusJson } from "../test/cli_support.js";
 import { makeTempDir, removeTempDir, runTool } from "../test/harness/tools.js";
 import { fetchBackupToFile } from "../src/pageserver/backup_client.js";
-import { parseLsn } from "../src/lib/lsn.js";
+import { formatLsn, parseLsn, type Lsn } from "../src/lib/lsn.js";
 import { parseTenantId, parseTimelineId } from "../src/lib/id.js";
 
 function arg(name: string, dflt: number): number {
@@ -39,12 +48,39 @@ function arg(name: string, dflt: number): number {
 
 const SCALE = arg("--scale", 10);
 const ROUNDS = arg("--rounds", 2);
+/** `--compact`: after `--fresh-rounds` rounds on the layers as ingested, force compaction and run `--rounds` more. */
+const COMPACT = process.argv.includes("--compact");
+const FRESH_ROUNDS = COMPACT ? arg("--fresh-rounds", 1) : ROUNDS;
 /** Bound on the pageserver catching up after the load. */
 const CATCHUP_TIMEOUT_MS = 3_600_000;
 
 const mib = (bytes: number, ms: number) => bytes / 1048576 / (ms / 1000);
+
+/** Pages the pageserver reconstructed from WAL so far (strata_pageserver_redo_calls_total; any reader, background work included). */
+async function redoCalls(httpPort: number): Promise<number> {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    const m = /^strata_pageserver_redo_calls_total (\S+)$/m.exec(text);
+    return m === null ? 0 : Number(m[1]);
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU seconds (user + system) the process has used so far, from /proc (0 where unavailable): the figure a loaded machine does not distort. */
+function pageserverCpuSeconds(pid: number | null): number {
+  if (pid === null) return 0;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+  } catch {
+    return 0;
+  }
+}
 const profIdx = process.argv.indexOf("--profile");
 const PROFILE_FILE = profIdx >= 0 ? process.argv[profIdx + 1] : undefined;
+/** `--profile-round N`: profile round N only (default: the last round). */
+const PROFILE_ROUND = arg("--profile-round", 0);
 
 /** A DevTools-protocol session with a process whose inspector SIGUSR1 opened (see header). */
 async function inspect(pid: number): Promise<{ call: (method: string, params?: object) => Promise<unknown>; close: () => void }> {
@@ -106,20 +142,26 @@ await withRepo(async (repo) => {
 
   const out = await makeTempDir("bench-fullbackup");
   const prof = PROFILE_FILE !== undefined && s.pageserver.pid !== null ? await inspect(s.pageserver.pid) : undefined;
-  if (prof !== undefined) {
-    await prof.call("Profiler.enable");
-    await prof.call("Profiler.setSamplingInterval", { interval: 500 });
-    await prof.call("Profiler.start");
-  }
+  const lastRound = FRESH_ROUNDS + (COMPACT ? ROUNDS : 0);
+  const profileRound = PROFILE_ROUND > 0 ? PROFILE_ROUND : lastRound;
+  if (prof !== undefined) await prof.call("Profiler.enable");
   try {
     const ratios: number[] = [];
-    for (let round = 1; round <= ROUNDS; round++) {
+    const measure = async (round: number, label: string, at: Lsn | undefined = target): Promise<void> => {
       const tar = join(out, "full.tar");
+      if (prof !== undefined && round === profileRound) {
+        await prof.call("Profiler.setSamplingInterval", { interval: 500 });
+        await prof.call("Profiler.start");
+      }
+      const cpu0 = pageserverCpuSeconds(s.pageserver.pid);
+      const redo0 = await redoCalls(s.pageserver.http_port);
       let t = performance.now();
-      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, lsn: target, full: true }, tar);
+      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, ...(at === undefined ? {} : { lsn: at }), full: true }, tar);
       const fbMs = performance.now() - t;
+      const fbCpu = pageserverCpuSeconds(s.pageserver.pid) - cpu0;
+      const fbRedo = (await redoCalls(s.pageserver.http_port)) - redo0;
       await rm(tar, { force: true });
-      if (prof !== undefined && round === ROUNDS) {
+      if (prof !== undefined && round === profileRound) {
         const r = (await prof.call("Profiler.stop")) as { profile: unknown };
         await writeFile(PROFILE_FILE!, JSON.stringify(r.profile));
         prof.close();
@@ -139,9 +181,33 @@ await withRepo(async (repo) => {
       const ratio = mib(fb.bytes, fbMs) / mib(bbBytes, bbMs);
       ratios.push(ratio);
       console.log(
-        `round ${round}: fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s; ` +
+        `round ${round} (${label}): fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s ` +
+          `(pageserver CPU ${fbCpu.toFixed(2)} s, pages replayed ${fbRedo}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
           `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s; ratio ${ratio.toFixed(2)}`,
       );
+    };
+    let round = 0;
+    for (let i = 0; i < FRESH_ROUNDS; i++) await measure(++round, "as ingested");
+    if (COMPACT) {
+      // What the background compaction loop converges to: L0 deltas merged, image layers
+      // materialized — the pageserver's counterpart of the CHECKPOINT before pg_basebackup.
+      const t = performance.now();
+      const r = await fetch(`http://127.0.0.1:${s.pageserver.http_port}/v1/tenant/${s.tenants[0]!.id}/timeline/${timelineId}/compact`, {
+        method: "PUT",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ force: true }),
+      });
+      if (!r.ok) throw new Error(`compact: HTTP ${r.status} ${await r.text()}`);
+      console.log(`forced compaction (L0 merge + image layers) took ${((performance.now() - t) / 1000).toFixed(1)} s: ${JSON.stringify(await r.json()).slice(0, 300)}`);
+      // The images are at the LSN compaction ran at (last_record_lsn, a little past `target`:
+      // checkpoints and autovacuum write WAL after the load), so a backup at `target` would not
+      // read them. These rounds back up the latest state, as `strata endpoint start` does and
+      // as pg_basebackup does; `--compacted-at-target` keeps `target` (then deltas are replayed).
+      const latest = process.argv.includes("--compacted-at-target") ? target : undefined;
+      const st = await cliJson<StatusJson>(repo, ["status"]);
+      const lrl = st.tenants[0]!.timelines.find((tl) => tl.branch === "main")!.last_record_lsn;
+      console.log(`after-compaction rounds back up at ${latest === undefined ? `the latest LSN (last_record_lsn ${lrl})` : `the load's end ${formatLsn(target)}`}`);
+      for (let i = 0; i < ROUNDS; i++) await measure(++round, "after compaction", latest);
     }
     console.log(`fullbackup / pg_basebackup throughput ratio: ${ratios.map((r) => r.toFixed(2)).join(", ")} (goal >= 1.0)`);
   } finally {

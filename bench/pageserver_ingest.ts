@@ -3,9 +3,12 @@
  * pgbench-generated WAL stream, next to the replay rate of an unmodified
  * PostgreSQL 15 hot standby fed the same WAL, in the same run.
  *
- *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--only pageserver|standby] [--keep-wal DIR]
+ *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--only pageserver|standby] [--keep-wal DIR] [--profile FILE]
  *
- * (`--only` runs one contender, e.g. under `node --cpu-prof`. `--keep-wal DIR`
+ * (`--only` runs one contender, e.g. under `node --cpu-prof`. `--profile FILE`
+ * writes a V8 CPU profile (.cpuprofile) of exactly the pageserver's timed
+ * window of the last round, taken through node:inspector, so start-up,
+ * module loading and the import are not in it. `--keep-wal DIR`
  * saves the generated base copy and WAL in DIR, or reuses them when DIR
  * already holds them, so repeated runs while tuning skip the pgbench phase;
  * the scale and transaction flags are then ignored.)
@@ -33,7 +36,8 @@
  * pageserver fsyncs its layer files as in production, so the ratio is if
  * anything unfavourable to the pageserver.
  */
-import { appendFile, cp, mkdir, open, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { appendFile, cp, mkdir, open, readFile, readdir, rm, writeFile, type FileHandle } from "node:fs/promises";
+import { Session } from "node:inspector/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseControlFile } from "../src/formats/pg_control.js";
@@ -72,6 +76,9 @@ if (keepIdx >= 0 && keepDir === undefined) throw new Error("--keep-wal needs a d
 const onlyIdx = process.argv.indexOf("--only");
 const only = onlyIdx >= 0 ? process.argv[onlyIdx + 1] : undefined;
 if (only !== undefined && only !== "pageserver" && only !== "standby") throw new Error(`--only takes pageserver or standby, got ${only}`);
+const profileIdx = process.argv.indexOf("--profile");
+const profileFile = profileIdx >= 0 ? process.argv[profileIdx + 1] : undefined;
+if (profileIdx >= 0 && profileFile === undefined) throw new Error("--profile needs a file name");
 /** Poll interval of the standby's replay position: small next to a replay of seconds. */
 const REPLAY_POLL_MS = 20;
 /** WAL read size of the pageserver contender: about what a WAL receiver's messages add up to between yields. */
@@ -125,7 +132,8 @@ async function pageserverIngest(
   walDir: string,
   importLsn: Lsn,
   endLsn: Lsn,
-): Promise<{ ms: number; flushMs: number; records: number; layers: number }> {
+  profile?: Session,
+): Promise<{ ms: number; cpuMs: number; flushMs: number; records: number; layers: number }> {
   const dataDir = await makeTempDir("psingest");
   const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0 };
   const ps = await Pageserver.start({ config, log: createLogger({ component: "bench", level: "warn" }), registry: createRegistry({ defaultMetrics: false }) });
@@ -134,59 +142,89 @@ async function pageserverIngest(
     const tl = await tenant.createTimeline(generateTimelineId());
     await importDatadir(baseDir, importLsn, tl);
     const ctx = internalContext();
+    if (profile !== undefined) await profile.post("Profiler.start");
     const t0 = performance.now();
+    const cpu0 = process.cpuUsage();
     const ingest = new WalIngest(tl, tl, { startLsn: tl.lastRecordLsn });
-    const decoder = new WalStreamDecoder(importLsn);
+    const decoder = new WalStreamDecoder(importLsn, { recycleRecordBuffers: true }); // as the WAL receiver does
     let records = 0;
     let seg = segmentNumber(importLsn);
     let offset = segmentOffset(importLsn);
     const names = new Set(await readdir(walDir));
-    // Segments are read in READ_CHUNK_BYTES pieces into two alternating
-    // buffers, as a WAL receiver gets the stream in messages: a fresh 16 MiB
-    // buffer per segment would mostly measure first-touch page faults. A
-    // buffer is refilled only once the decoder consumed it (it keeps views of
-    // what it was fed): all that is still buffered lies in the other one.
-    const ring = [Buffer.allocUnsafe(READ_CHUNK_BYTES), Buffer.allocUnsafe(READ_CHUNK_BYTES)];
-    let lastFed = 0;
+    // Segments are read in READ_CHUNK_BYTES pieces, as a WAL receiver gets
+    // the stream in messages, with one read ahead: the next piece is read
+    // (by the thread pool) while this one is decoded and ingested, as WAL
+    // keeps arriving on a receiver's socket. Three buffers take turns: a
+    // fresh buffer per piece would mostly measure first-touch page faults. A
+    // buffer is refilled only when the decoder no longer holds bytes of it
+    // (it keeps views of what it was fed): all that is still buffered must
+    // lie in the two pieces fed last, else a fresh buffer is used.
+    const ring = [Buffer.allocUnsafe(READ_CHUNK_BYTES), Buffer.allocUnsafe(READ_CHUNK_BYTES), Buffer.allocUnsafe(READ_CHUNK_BYTES)];
     let turn = 0;
-    outer: for (;;) {
-      const name = walFileName(1, seg);
-      if (!names.has(name)) break;
-      const fh = await open(join(walDir, name), "r");
-      try {
-        for (;;) {
-          let buf = ring[turn++ % ring.length]!;
-          if (decoder.bufferedBytes > lastFed) buf = Buffer.allocUnsafe(READ_CHUNK_BYTES); // still viewed: never overwrite
-          const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
-          if (bytesRead === 0) break;
-          offset += bytesRead;
-          decoder.feed(buf.subarray(0, bytesRead));
-          lastFed = bytesRead;
-          for (;;) {
-            let r: DecodedRecord | undefined;
-            try {
-              r = decoder.next();
-            } catch (e) {
-              if ((e as { endOfWal?: boolean }).endOfWal === true) break outer;
-              throw e;
-            }
-            if (r === undefined) break;
-            if (r.lsn > endLsn) break outer;
-            await ingest.ingestRecord(r, ctx);
-            records++;
-          }
+    let fedLast = 0;
+    let fedBefore = 0;
+    let fh: FileHandle | undefined;
+    const pickBuffer = (): Buffer => {
+      const buf = ring[turn++ % ring.length]!;
+      return decoder.bufferedBytes > fedLast + fedBefore ? Buffer.allocUnsafe(READ_CHUNK_BYTES) : buf;
+    };
+    /** Reads the next piece of WAL into `buf` (0 bytes: no more segments). One call in flight at a time. */
+    const readNext = async (buf: Buffer): Promise<{ buf: Buffer; n: number }> => {
+      for (;;) {
+        if (fh === undefined) {
+          const name = walFileName(1, seg);
+          if (!names.has(name)) return { buf, n: 0 };
+          fh = await open(join(walDir, name), "r");
         }
-      } finally {
+        const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
+        if (bytesRead > 0) {
+          offset += bytesRead;
+          return { buf, n: bytesRead };
+        }
         await fh.close();
+        fh = undefined;
+        seg++;
+        offset = 0;
       }
-      seg++;
-      offset = 0;
+    };
+    let ahead = readNext(pickBuffer());
+    try {
+      outer: for (;;) {
+        const { buf, n } = await ahead;
+        if (n === 0) break;
+        decoder.feed(buf.subarray(0, n));
+        fedBefore = fedLast;
+        fedLast = n;
+        ahead = readNext(pickBuffer());
+        for (;;) {
+          let r: DecodedRecord | undefined;
+          try {
+            r = decoder.next();
+          } catch (e) {
+            if ((e as { endOfWal?: boolean }).endOfWal === true) break outer;
+            throw e;
+          }
+          if (r === undefined) break;
+          if (r.lsn > endLsn) break outer;
+          const pending = ingest.ingestRecord(r, ctx);
+          if (pending !== undefined) await pending;
+          records++;
+        }
+      }
+    } finally {
+      await ahead.catch(() => undefined); // the read ahead past the end
+      await fh?.close();
     }
     const tFlush = performance.now();
     await tl.checkpoint();
     const ms = performance.now() - t0;
+    const cpu = process.cpuUsage(cpu0);
+    if (profile !== undefined) {
+      const { profile: p } = await profile.post("Profiler.stop");
+      await writeFile(profileFile!, JSON.stringify(p));
+    }
     if (tl.lastRecordLsn <= endLsn) throw new Error(`pageserver ingested up to ${formatLsn(tl.lastRecordLsn)}, want past ${formatLsn(endLsn)}`);
-    return { ms, flushMs: performance.now() - tFlush, records, layers: tl.layerInfos().length };
+    return { ms, cpuMs: (cpu.user + cpu.system) / 1000, flushMs: performance.now() - tFlush, records, layers: tl.layerInfos().length };
   } finally {
     await ps.stop();
     await rm(dataDir, { recursive: true, force: true });
@@ -255,11 +293,19 @@ async function main(): Promise<void> {
         console.log(`round ${round}: hot standby replay: ${(sbMs / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included)`);
       }
       if (only !== "standby") {
-        const ps = await pageserverIngest(base, walCopy, importLsn, endLsn);
+        let session: Session | undefined;
+        if (profileFile !== undefined && round === rounds) {
+          session = new Session();
+          session.connect();
+          await session.post("Profiler.enable");
+        }
+        const ps = await pageserverIngest(base, walCopy, importLsn, endLsn, session);
+        session?.disconnect();
         psRate = walMb / (ps.ms / 1000);
         console.log(
           `round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ` +
-            `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s)`,
+            `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s; ` +
+            `process CPU ${(ps.cpuMs / 1000).toFixed(2)} s, all threads: the figure to compare on a busy machine)`,
         );
       }
       if (sbRate !== undefined && psRate !== undefined) console.log(`round ${round}: ratio pageserver / standby = ${(psRate / sbRate).toFixed(2)} (goal >= 1.0)`);

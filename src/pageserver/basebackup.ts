@@ -21,7 +21,12 @@
  *     consecutive pages, each run one tar write), written in file order, its
  *     page LSN checked (never above X) and, in a cluster with data
  *     checksums, its checksum computed as PostgreSQL does when it writes a
- *     page out;
+ *     page out. With a run reader (`readPageRun`, what the page service
+ *     passes: getpage.ts scanRunReader) a run is 256 pages read at once by
+ *     range scans of the layer files, written into a recycled 2 MiB buffer
+ *     (basebackup/chunk_pool.ts) that the consumer gives back once the
+ *     socket has taken it (`release`): fresh multi-MiB buffers cost more in
+ *     page faults than reading and sending the pages;
  *   - a generated WAL segment holding a shutdown checkpoint at X and a
  *     generated global/pg_control in state "shut down" pointing at it
  *     (formats/wal/wal_synthesis.ts). pg_control is the archive's last
@@ -149,6 +154,7 @@ import {
   slruSegmentPath,
   twoPhaseFilePath,
 } from "./basebackup/layout.js";
+import { ChunkPool } from "./basebackup/chunk_pool.js";
 import { orderedPrefetch } from "./basebackup/prefetch.js";
 import { TarWriter } from "./basebackup/tar_writer.js";
 import { walFillerBefore } from "./basebackup/wal_filler.js";
@@ -204,6 +210,13 @@ export interface BasebackupOptions {
    * pages it reads once do not evict the page cache.
    */
   readonly readPage?: BackupPageReader;
+  /**
+   * Reads a run of consecutive pages at `lsn` at once (getpage.ts
+   * scanRunReader: range scans of the layer files). When given, relation
+   * and SLRU pages are read through it in runs of RANGE_RUN_PAGES (and
+   * `readPage` is not used); `prefetchPages` then does not apply.
+   */
+  readonly readPageRun?: BackupRunReader;
   /** Checkpoint, pg_control and tar member time (seconds since the epoch); default now. Fixed for reproducible archives. */
   readonly timeSeconds?: bigint;
   /** Context for reads (default: a "backup" context on `signal`). */
@@ -244,6 +257,14 @@ export interface BasebackupStream {
   readonly summary: BasebackupSummary;
   /** Resolves when the last byte was handed to the stream; rejects with the failure (also reported on `stream`). */
   readonly finished: Promise<BasebackupStats>;
+  /**
+   * Gives a chunk read from `stream` back once the consumer is completely
+   * done with it (e.g. the socket took it): page runs are written into
+   * recycled buffers (basebackup/chunk_pool.ts). Optional for consumers
+   * (a chunk never released is garbage collected); a no-op for chunks that
+   * are not pooled.
+   */
+  readonly release: (chunk: Uint8Array) => void;
 }
 
 // ------------------------------------------------------------------ LSN checks
@@ -576,15 +597,62 @@ function* slruPageRuns(plan: Plan, runPages: number): Generator<PageRun> {
 /** Reads one page of a backup at X: a value's bytes, or undefined when the key has no version. */
 export type BackupPageReader = (key: Key) => Promise<Uint8Array | undefined>;
 
-async function streamBackup(reader: DatadirReader, x: Lsn, plan: Plan, tar: TarWriter, opts: BasebackupOptions, ctx: RequestContext, stats: { checksumsSet: number }): Promise<void> {
+/**
+ * Reads `count` consecutive pages from `firstKey` at X into `out` (page i at
+ * i * BLCKSZ); returns a flag per page, 0 where the key has no version (out
+ * untouched there). getpage.ts PageRunReader.
+ */
+export type BackupRunReader = (firstKey: Key, count: number, out: Uint8Array) => Promise<Uint8Array>;
+
+/**
+ * Pages per run with a run reader: 256 x 8 KiB = 2 MiB, one range scan per
+ * layer and run. Larger runs amortize the per-run walk; this keeps the
+ * memory of RANGE_RUN_WINDOW runs in flight (plus their read-ahead) near
+ * 12 MiB per backup.
+ */
+const RANGE_RUN_PAGES = 256;
+/** Runs read ahead of the tar with a run reader: the next runs' redo overlaps sending this one. */
+const RANGE_RUN_WINDOW = 3;
+/** Pooled run buffers beyond the window: those the tar and the socket still hold. */
+const POOL_SLACK_CHUNKS = 5;
+
+async function streamBackup(reader: DatadirReader, x: Lsn, plan: Plan, tar: TarWriter, opts: BasebackupOptions, ctx: RequestContext, stats: { checksumsSet: number }, pool: ChunkPool | undefined): Promise<void> {
   const signal = ctx.signal;
   const prefetch = opts.prefetchPages ?? DEFAULT_PREFETCH_PAGES;
   // the window holds `prefetch` pages in flight: runs of up to RUN_PAGES, at least one run
-  const runPages = Math.min(RUN_PAGES, prefetch);
-  const window = Math.max(1, Math.floor(prefetch / runPages));
+  const readRun = opts.readPageRun;
+  const runPages = readRun !== undefined ? RANGE_RUN_PAGES : Math.min(RUN_PAGES, prefetch);
+  const window = readRun !== undefined ? RANGE_RUN_WINDOW : Math.max(1, Math.floor(prefetch / runPages));
   const checksums = plan.cf.dataChecksumVersion !== 0;
   const readPage: BackupPageReader = opts.readPage ?? ((key) => reader.get(key, x, ctx));
+  /** The page LSN and checksum rules on page i of a run already in `out` (see fetchRun). */
+  const checkRunPage = (run: PageRun, out: Buffer, i: number): void => {
+    const n = run.first + i;
+    const page = out.subarray(i * BLCKSZ, (i + 1) * BLCKSZ);
+    if (getPageLsn(page) > x) throw corrupt(x, run.what(n), `page LSN ${formatLsn(getPageLsn(page))} is above the backup LSN`);
+    if (checksums && !pageIsNew(page) && pageChecksum(page, n) !== getPageChecksumField(page)) {
+      setPageChecksum(page, n);
+      stats.checksumsSet++;
+    }
+  };
+  const fetchRunRange = async (run: PageRun, readRun: BackupRunReader): Promise<Uint8Array> => {
+    signal.throwIfAborted();
+    const out = pool !== undefined ? pool.acquire(run.count * BLCKSZ) : Buffer.allocUnsafe(run.count * BLCKSZ);
+    let present: Uint8Array;
+    try {
+      present = await readRun(run.keyOf(run.first), run.count, out);
+    } catch (e) {
+      pool?.release(out);
+      throw e;
+    }
+    for (let i = 0; i < run.count; i++) {
+      if (present[i] !== 1) out.fill(0, i * BLCKSZ, (i + 1) * BLCKSZ); // no version: zeros
+      else if (run.rel) checkRunPage(run, out, i);
+    }
+    return out;
+  };
   const fetchRun = async (run: PageRun): Promise<Uint8Array> => {
+    if (readRun !== undefined) return fetchRunRange(run, readRun);
     signal.throwIfAborted();
     const out = Buffer.alloc(run.count * BLCKSZ); // zeroed: pages without a version stay zeros
     const one = async (i: number): Promise<void> => {
@@ -673,11 +741,17 @@ export async function basebackup(reader: DatadirReader, opts: BasebackupOptions)
   // alignment and bounds first: a bad request reads nothing (re-checked with the cluster's segment size in makePlan)
   checkBackupLsn(x, opts.bounds);
   const plan = await makePlan(reader, x, opts, ctx);
-  const tar = new TarWriter({ mtime: new Date(Number(plan.wal.checkpoint.time) * 1000), ...(opts.gzip !== undefined ? { gzip: opts.gzip } : {}) });
+  // Pooled run buffers only where chunks reach the consumer as they are (not through gzip, which holds them while it compresses).
+  const pool = opts.readPageRun !== undefined && !opts.gzip ? new ChunkPool(RANGE_RUN_PAGES * BLCKSZ, RANGE_RUN_WINDOW + POOL_SLACK_CHUNKS) : undefined;
+  const tar = new TarWriter({
+    mtime: new Date(Number(plan.wal.checkpoint.time) * 1000),
+    ...(opts.gzip !== undefined ? { gzip: opts.gzip } : {}),
+    ...(pool === undefined ? {} : { release: (chunk: Uint8Array) => pool.release(chunk) }),
+  });
   const onAbort = () => tar.abort(new StrataError("cancelled", `Base backup at ${formatLsn(x)} cancelled`, { cause: signal.reason }));
   signal.addEventListener("abort", onAbort, { once: true });
   const stats = { checksumsSet: 0 };
-  const finished = streamBackup(reader, x, plan, tar, opts, ctx, stats).then(
+  const finished = streamBackup(reader, x, plan, tar, opts, ctx, stats, pool).then(
     (): BasebackupStats => {
       signal.removeEventListener("abort", onAbort);
       return { tarEntries: tar.entries, contentBytes: tar.contentBytes, checksumsSet: stats.checksumsSet };
@@ -710,5 +784,5 @@ export async function basebackup(reader: DatadirReader, opts: BasebackupOptions)
     twoPhaseFiles: plan.twoPhase.length,
     walSegments: plan.wal.segments.map((s) => s.name),
   };
-  return { stream: tar.output, summary, finished };
+  return { stream: tar.output, summary, finished, release: pool === undefined ? () => undefined : (chunk) => pool.release(chunk) };
 }

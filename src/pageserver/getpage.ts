@@ -10,6 +10,13 @@
  *           PostgreSQL's redo does; the result is cached at its version LSN
  *           (not for scans: `scanReader`, used by fullbackup, reads every page
  *           once and would only evict the pages point reads reuse).
+ *   fullbackup's range form, `scanRunReader`: a run of consecutive pages per
+ *   call, collected with one range walk (layers/reconstruct.ts
+ *   collectReconstructDataRange: a key-ordered scan per layer file instead of
+ *   a B-tree lookup and a read per page), images copied straight from the
+ *   read-ahead buffers (recycled per run), the pages that need redo rebuilt
+ *   concurrently (native heap redo for bulk loads, else the redo pool's
+ *   pipeline).
  *
  * Value formats of the non-page keys (sizes, directories) are datadir.ts's;
  * this module only reads them. Relation existence follows datadir.ts: a fork
@@ -27,7 +34,8 @@ import { formatLsn, type Lsn } from "../lib/lsn.js";
 import { requestContext, type RequestContext } from "../lib/tasks.js";
 import { BLCKSZ } from "../formats/page.js";
 import { SLRU_PAGES_PER_SEGMENT } from "../formats/wal/rmgr/slru.js";
-import { reconstruct, type RedoKey } from "../walredo/native_redo.js";
+import { reconstruct, recyclePage, type RedoKey } from "../walredo/native_redo.js";
+import type { WalRedoPool } from "../walredo/pool.js";
 import {
   decodeDbDir, decodeRelDir, decodeRelSize, decodeSlruDir, decodeSlruSegSize, dbDirEntryId, dbDirEntryOf, redoInputOf, relDirEntryId, relDirEntryOf,
   type StoredRedoInput,
@@ -35,6 +43,8 @@ import {
 import {
   DBDIR_KEY, decodeKey, formatKey, relDirKey, relSizeKey, slruBlockKey, slruDirKey, slruSegSizeKey, SlruKind, type Key, type RelTag,
 } from "./key.js";
+import { ReadArena } from "./layers/layer_file.js";
+import { collectReconstructDataRange } from "./layers/reconstruct.js";
 import type { CollectedVersions, Timeline } from "./timeline.js";
 
 /** A context for reads the pageserver makes on its own behalf (image creation, metadata lookups). */
@@ -96,15 +106,16 @@ export async function materialize(tl: Timeline, v: CollectedVersions, opts: Mate
     return new Uint8Array(v.image.bytes);
   }
   const newest = records[n - 1]!.lsn;
-  const hit = cache.get(tl.timelineId, key, newest);
+  const lookup = opts.lookup ?? true;
+  const hit = lookup ? cache.get(tl.timelineId, key, newest) : undefined;
   if (hit !== undefined) {
     metrics.pageCacheHits.inc();
     return new Uint8Array(hit);
   }
-  metrics.pageCacheMisses.inc();
+  if (lookup) metrics.pageCacheMisses.inc();
   let base: Uint8Array | undefined = v.image?.bytes;
   let from = 0;
-  for (let i = n - 2; i >= 0; i--) {
+  for (let i = n - 2; lookup && i >= 0; i--) {
     const p = cache.peek(tl.timelineId, key, records[i]!.lsn);
     if (p !== undefined) {
       base = p;
@@ -112,15 +123,22 @@ export async function materialize(tl: Timeline, v: CollectedVersions, opts: Mate
       break;
     }
   }
-  const redoKey = redoKeyOf(key);
+  const redoKey = opts.env?.redoKey ?? redoKeyOf(key);
   const inputs: StoredRedoInput[] = [];
   for (let i = from; i < n; i++) {
     const r = records[i]!;
-    inputs.push(redoInputOf(r.value, `WAL value of ${formatKey(key)} at ${formatLsn(r.lsn)}`));
+    try {
+      inputs.push(redoInputOf(r.value, "WAL value"));
+    } catch (e) {
+      // the message naming the key is built only on failure (this runs per record of every page read)
+      if (!(e instanceof StrataError)) throw e;
+      throw new StrataError(e.code, `WAL value of ${formatKey(key)} at ${formatLsn(r.lsn)}: ${e.message}`, { cause: e });
+    }
   }
-  const dataChecksums = redoKey.kind === "rel" ? await tl.clusterHasDataChecksums() : false;
+  const env = opts.env;
+  const dataChecksums = redoKey.kind === "rel" ? (env !== undefined ? env.dataChecksums : await tl.clusterHasDataChecksums()) : false;
   const needsHelper = inputs.some((i) => i.kind === "wal");
-  const pool = needsHelper ? await tl.redoPool() : undefined;
+  const pool = needsHelper ? (env !== undefined ? env.pool : await tl.redoPool()) : undefined;
   let page: Uint8Array;
   try {
     page = await reconstruct(redoKey, base, inputs, { ...(pool === undefined ? {} : { pool }), setChecksum: dataChecksums });
@@ -145,6 +163,14 @@ export interface MaterializeOptions {
    * reads reuse). Cache hits are still used. Default true.
    */
   readonly cache?: boolean;
+  /**
+   * false: do not look in the page cache either (a backup's range reads:
+   * with native heap redo a page is cheaper to rebuild than a cache probe
+   * per version costs, and a scan rarely hits). Default true.
+   */
+  readonly lookup?: boolean;
+  /** Looked up once by a caller materializing many pages (a backup's runs) instead of per page. */
+  readonly env?: { readonly redoKey: RedoKey; readonly dataChecksums: boolean; readonly pool: WalRedoPool };
 }
 
 /**
@@ -173,6 +199,89 @@ export function scanReader(tl: Timeline, lsn: Lsn, ctx: RequestContext): (key: K
     }
   };
 }
+
+/**
+ * Reads `count` consecutive pages starting at `firstKey` (one relation fork
+ * or SLRU segment) as of one LSN into `out` (page i at i * BLCKSZ) and
+ * returns a flag per page: 1 = written, 0 = the key has no version (the
+ * caller's zeros; `out` is left untouched there).
+ */
+export type PageRunReader = (firstKey: Key, count: number, out: Uint8Array) => Promise<Uint8Array>;
+
+/**
+ * scanReader's range form (fullbackup): the pages of a run are collected
+ * with one range walk (reconstruct.ts collectReconstructDataRange: a range
+ * scan per layer in key order instead of a lookup per page), images are
+ * copied straight from the layer's read-ahead buffer into `out`, and the
+ * pages that need redo are reconstructed concurrently (the walredo pool
+ * pipelines them). Keys whose history continues in an ancestor timeline
+ * are read key by key. Same results and errors as scanReader per page.
+ */
+export function scanRunReader(tl: Timeline, lsn: Lsn, ctx: RequestContext): PageRunReader {
+  let checked = false;
+  // read-ahead buffers recycled from run to run (layer_file.ts ReadArena): one arena per run in flight
+  const arenas: ReadArena[] = [];
+  return async (firstKey, count, out) => {
+    const arena = arenas.pop() ?? new ReadArena();
+    try {
+      const recheck = !checked || tl.state !== "active" || tl.lastRecordLsn < lsn || lsn < tl.latestGcCutoffLsn || (tl.ancestor !== undefined && lsn < tl.ancestor.latestGcCutoffLsn);
+      if (recheck) {
+        await tl.prepareRead(lsn, ctx);
+        checked = true;
+      }
+      if (out.length < count * BLCKSZ) throw new StrataError("internal", `Page run buffer of ${out.length} bytes for ${count} pages`);
+      const data = await tl.withLocalRead((map) => collectReconstructDataRange(map, firstKey, count, lsn, { arena }));
+      const present = new Uint8Array(count);
+      const put = (i: number, key: Key, page: Uint8Array): void => {
+        if (page.length !== BLCKSZ) throw new StrataError("corrupt_data", `Value of ${formatKey(key)} at ${formatLsn(lsn)} is ${page.length} bytes, expected a ${BLCKSZ}-byte page`);
+        out.set(page, i * BLCKSZ);
+        present[i] = 1;
+      };
+      const redo: Array<Promise<void>> = [];
+      // per run, not per page: the cluster's checksum setting, the redo pool (its helpers start lazily), the key's redo description
+      let shared: { dataChecksums: boolean; pool: WalRedoPool; first: RedoKey } | undefined;
+      if (data.some((d) => d.records.length > 0)) shared = { dataChecksums: await tl.clusterHasDataChecksums(), pool: await tl.redoPool(), first: redoKeyOf(firstKey) };
+      for (let i = 0; i < count; i++) {
+        const d = data[i]!;
+        const key = (firstKey + BigInt(i)) as Key;
+        if (d.stop === "history_end" && tl.ancestor !== undefined) {
+          redo.push(
+            tl.collectVersions(key, lsn).then(async (v) => {
+              if (v.found) put(i, key, await materialize(tl, v, { cache: false }));
+            }),
+          );
+          continue;
+        }
+        if (d.records.length === 0) {
+          if (d.image !== undefined) put(i, key, d.image.bytes);
+          continue;
+        }
+        const v: CollectedVersions = { key, lsn, ...(d.image === undefined ? {} : { image: d.image }), records: d.records, found: true, layersVisited: d.layersVisited };
+        const f = shared!.first;
+        const redoKey: RedoKey = f.kind === "rel" ? { ...f, blockNumber: f.blockNumber + i } : { ...f, pageno: f.pageno + i };
+        const env = { redoKey, dataChecksums: shared!.dataChecksums, pool: shared!.pool };
+        redo.push(
+          materialize(tl, v, { cache: false, lookup: false, env }).then((page) => {
+            put(i, key, page);
+            recyclePage(page); // copied into the run; this read held the only reference (cache: false)
+          }),
+        );
+      }
+      await Promise.all(redo);
+      // every page is in `out` and every reconstruction is done: nothing refers to the arena's buffers any more
+      arena.reset();
+      if (arenas.length < MAX_IDLE_ARENAS) arenas.push(arena);
+      return present;
+    } catch (e) {
+      // (an arena whose run failed is dropped: a reconstruction may still hold views into it)
+      countError(tl, e);
+      throw e;
+    }
+  };
+}
+
+/** Arenas a run reader keeps between runs: the backup's runs in flight, plus slack. */
+const MAX_IDLE_ARENAS = 8;
 
 // ------------------------------------------------------------ datadir queries
 

@@ -26,6 +26,9 @@
  *
  * Write path invariants: puts arrive in LSN order, every put of a record has
  * an LSN above last_record_lsn until `finishRecord(endLsn)` publishes it.
+ * WAL ingest's fast path puts straight into the open in-memory layer
+ * (`fastIngestTarget`), which the timeline hands out only when it could have
+ * taken the same puts through `put` without waiting.
  * The open layer is frozen at the checkpoint distance (checked when a record
  * finishes) or after the checkpoint timeout (checked by the flush task, and
  * only between records). Frozen layers are flushed oldest first by one flush
@@ -60,7 +63,8 @@ import { CONTROLFILE_KEY, formatKey, type Key } from "./key.js";
 import { fsyncDir } from "./layers/layer_file.js";
 import { readValue, readPage } from "./getpage.js";
 import type { TenantConfig } from "./config.js";
-import type { DatadirPut, DatadirReader, DatadirWriter } from "./datadir.js";
+import type { DatadirPut, DatadirReader } from "./datadir.js";
+import type { FastDatadirWriter, FastIngestTarget } from "./walingest.js";
 import { InMemoryLayer } from "./layers/inmemory_layer.js";
 import type { Layer } from "./layers/layer.js";
 import { PersistentLayer } from "./layers/layer.js";
@@ -81,6 +85,8 @@ export type TimelineState = "active" | "broken" | "stopping" | "stopped";
 
 /** Frozen layers allowed to wait for flushing before ingest is held back (memory and re-ingest bound). */
 export const MAX_FROZEN_LAYERS = 4;
+/** LSNs up to here are exact as JavaScript numbers. */
+const MAX_EXACT_LSN = BigInt(Number.MAX_SAFE_INTEGER);
 /** The flush task wakes at least this often to check the checkpoint timeout. */
 const FLUSH_TASK_TICK_MS = 1_000;
 
@@ -133,7 +139,7 @@ interface FrozenInfo {
   readonly prevRecordLsn: Lsn | undefined;
 }
 
-export class Timeline implements DatadirReader, DatadirWriter {
+export class Timeline implements DatadirReader, FastDatadirWriter {
   state: TimelineState = "active";
   brokenReason: string | undefined;
   readonly layers = new LayerMap();
@@ -458,18 +464,33 @@ export class Timeline implements DatadirReader, DatadirWriter {
     for (const e of entries) this.putValue(e.key, e.lsn, e.value);
   }
 
+  /**
+   * WalIngest's fast path (FastDatadirWriter): the open in-memory layer, for
+   * the synchronous puts of one record at `lsn`, when they may go in right
+   * now — the timeline is active, `lsn` is above last_record_lsn and no
+   * back-pressure applies. Otherwise undefined, and ingest goes through
+   * `put`, which waits or reports the error.
+   */
+  fastIngestTarget(lsn: Lsn): FastIngestTarget | undefined {
+    if (this.state !== "active" || lsn <= this._lastRecordLsn || this.needsBackpressure) return undefined;
+    return this.openLayer ?? this.createOpenLayer();
+  }
+
+  private createOpenLayer(): InMemoryLayer {
+    const layer = InMemoryLayer.create({ dir: this.dir, startLsn: (this._lastRecordLsn + 1n) as Lsn });
+    this.openLayer = layer;
+    this.layers.setOpenLayer(layer);
+    this.openLayerSinceMs = Date.now();
+    return layer;
+  }
+
   /** Stores one version at `lsn` (above last_record_lsn). */
   putValue(key: Key, lsn: Lsn, value: Value): void {
     this.checkActive("ingest");
     if (lsn <= this._lastRecordLsn) {
       throw new StrataError("invalid_argument", `Timeline ${this.timelineId}: put of ${formatKey(key)} at ${formatLsn(lsn)} is not above last_record_lsn ${formatLsn(this._lastRecordLsn)}`);
     }
-    if (this.openLayer === undefined) {
-      this.openLayer = InMemoryLayer.create({ dir: this.dir, startLsn: (this._lastRecordLsn + 1n) as Lsn });
-      this.layers.setOpenLayer(this.openLayer);
-      this.openLayerSinceMs = Date.now();
-    }
-    this.openLayer.put(key, lsn, value);
+    (this.openLayer ?? this.createOpenLayer()).put(key, lsn, value);
   }
 
   /**
@@ -481,7 +502,8 @@ export class Timeline implements DatadirReader, DatadirWriter {
    */
   finishRecord(endLsn: Lsn, prevRecordLsn?: Lsn): void {
     this.checkActive("ingest");
-    const end = lsnAlign(endLsn, 8);
+    // (ingest passes aligned LSNs: spare the bigint arithmetic then)
+    const end = Number(endLsn) % 8 === 0 && endLsn <= MAX_EXACT_LSN ? endLsn : lsnAlign(endLsn, 8);
     if (end < this._lastRecordLsn) {
       throw new StrataError("invalid_argument", `Timeline ${this.timelineId}: record end ${formatLsn(end)} is below last_record_lsn ${formatLsn(this._lastRecordLsn)}`);
     }
@@ -819,6 +841,22 @@ export class Timeline implements DatadirReader, DatadirWriter {
     this.activeReads++;
     try {
       return await collectReconstructData(this.layers, key, lsn);
+    } finally {
+      this.activeReads--;
+      if (this.activeReads === 0 && this.retired.length > 0) this.scheduleCloseRetired();
+    }
+  }
+
+  /**
+   * Runs `fn` on this timeline's own layer map with collectLocal's
+   * bookkeeping (retired layers stay open meanwhile): the range reads of a
+   * backup (getpage.ts readPageRun, reconstruct.ts collectReconstructDataRange).
+   */
+  async withLocalRead<T>(fn: (layers: LayerMap) => Promise<T>): Promise<T> {
+    if (this.state === "broken") throw new StrataError("unavailable", `Timeline ${this.timelineId} is broken (${this.brokenReason})`);
+    this.activeReads++;
+    try {
+      return await fn(this.layers);
     } finally {
       this.activeReads--;
       if (this.activeReads === 0 && this.retired.length > 0) this.scheduleCloseRetired();

@@ -248,7 +248,8 @@ export class WalReceiver {
       const stream = await client.startReplication({ startLsn: start, signal });
       this.status.state = "streaming";
       this.opts.log.info({ tenant_id: this.tl.tenantId, timeline_id: this.tl.timelineId, safekeeper: this.status.safekeeper, start: formatLsn(start), commit_lsn: formatLsn(commitLsn) }, "streaming WAL");
-      const decoder = new WalStreamDecoder(start);
+      // Ingest is done with a record (it copies what it stores) before it asks for the next one.
+      const decoder = new WalStreamDecoder(start, { recycleRecordBuffers: true });
       const ingest = new WalIngest(this.tl, this.tl, { startLsn: start });
       const ctx = requestContext("wal_receiver", signal);
       let received = start;
@@ -307,7 +308,9 @@ export class WalReceiver {
           }
           if (rec === undefined) break;
           try {
-            await ingest.ingestRecord(rec, ctx);
+            // undefined when ingested synchronously (the common case): no promise to wait for
+            const pending = ingest.ingestRecord(rec, ctx);
+            if (pending !== undefined) await pending;
           } catch (e) {
             // The timeline stopping under us (shutdown, deletion) is not an ingest failure.
             if (signal.aborted || this.tl.state !== "active") throw e;

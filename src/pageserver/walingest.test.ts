@@ -47,26 +47,64 @@ import {
   type Key,
   type RelTag,
 } from "./key.js";
-import type { Value } from "./layers/value.js";
-import { WalIngest, fsmLeafToPhysical, fsmTruncateAvail, vmTruncatePage } from "./walingest.js";
+import type { RedoEngine, Value } from "./layers/value.js";
+import { WalIngest, fsmLeafToPhysical, fsmTruncateAvail, vmTruncatePage, type FastIngestTarget } from "./walingest.js";
 import { decodeLastCommit } from "./lsn_by_timestamp.js";
 
 const ctx = requestContext("other", new AbortController().signal);
 const REL: RelFileNode = { spcOid: 1663, dbOid: 5, relNumber: 16384 };
 const main = (r: RelFileNode = REL): RelTag => ({ ...r, fork: 0 });
 
-/** Keeps every version; reads return the newest image at or below the LSN. */
+/** A WAL value as the fast path describes it (a copy: the fast path reuses `head`). */
+function walValue(willInit: boolean, engine: RedoEngine | undefined, head: Uint8Array, body: Uint8Array): Value {
+  return { kind: "wal", willInit, rec: concat(head, body), ...(engine === undefined ? {} : { engine }) };
+}
+
+/**
+ * Keeps every version; reads return the newest image at or below the LSN.
+ * With `fast` (the default) it also offers ingest's synchronous fast path,
+ * as the Timeline does; without, every record takes the general path.
+ */
 class VersionStore implements DatadirReader, DatadirWriter {
   readonly versions = new Map<Key, Array<{ lsn: Lsn; value: Value }>>();
   last: Lsn = lsn(0);
-  async put(entries: ReadonlyArray<DatadirPut>): Promise<void> {
-    for (const e of entries) {
-      const list = this.versions.get(e.key) ?? [];
-      assert.ok(!list.some((v) => v.lsn === e.lsn), "one version per key and LSN");
-      list.push({ lsn: e.lsn, value: e.value });
-      this.versions.set(e.key, list);
-    }
+  constructor(fast = true) {
+    if (!fast) this.fastIngestTarget = undefined;
   }
+  async put(entries: ReadonlyArray<DatadirPut>): Promise<void> {
+    for (const e of entries) this.putOne(e.key, e.lsn, e.value);
+  }
+  private putOne(key: Key, at: Lsn, value: Value): void {
+    const list = this.versions.get(key) ?? [];
+    assert.ok(!list.some((v) => v.lsn === at), "one version per key and LSN");
+    list.push({ lsn: at, value });
+    this.versions.set(key, list);
+  }
+  /** LSNs of records whose versions came through the fast path. */
+  readonly fastLsns = new Set<Lsn>();
+  get fastRecords(): number {
+    return this.fastLsns.size;
+  }
+  private readonly slotKeys: Key[] = [];
+  private readonly target: FastIngestTarget = {
+    put: (key, l, value) => this.fastPut(key, l, value),
+    putWal: (key, l, willInit, engine, head, body) => this.fastPut(key, l, walValue(willInit, engine, head, body)),
+    slotOf: (key) => {
+      const i = this.slotKeys.indexOf(key);
+      if (i >= 0) return i;
+      this.slotKeys.push(key);
+      return this.slotKeys.length - 1;
+    },
+    putAt: (slot, l, value) => this.fastPut(this.slotKeys[slot]!, l, value),
+    putWalAt: (slot, l, willInit, engine, head, body) => this.fastPut(this.slotKeys[slot]!, l, walValue(willInit, engine, head, body)),
+  };
+  private fastPut(key: Key, at: Lsn, value: Value): void {
+    assert.ok(at > this.last, "fast puts are above the last record");
+    this.fastLsns.add(at);
+    // a copy, as a writer must make: the fast path reuses its image pages
+    this.putOne(key, at, value.kind === "image" ? { kind: "image", bytes: value.bytes.slice() } : value);
+  }
+  fastIngestTarget?: (at: Lsn) => FastIngestTarget | undefined = () => this.target;
   finishRecord(end: Lsn): void {
     this.last = end;
   }
@@ -109,8 +147,8 @@ const CHECKPOINT: CheckPoint = {
 };
 
 /** A store bootstrapped like an import: checkpoint, db dir, an empty rel dir, clog page 0. */
-async function setup(cp: CheckPoint = CHECKPOINT): Promise<{ store: VersionStore; ingest: WalIngest; rec: (spec: Omit<Parameters<typeof encodeRecord>[0], "prevLsn">) => DecodedRecord }> {
-  const store = new VersionStore();
+async function setup(cp: CheckPoint = CHECKPOINT, fast = true): Promise<{ store: VersionStore; ingest: WalIngest; rec: (spec: Omit<Parameters<typeof encodeRecord>[0], "prevLsn">) => DecodedRecord }> {
+  const store = new VersionStore(fast);
   const at = lsn(0x1000000);
   const img = (bytes: Uint8Array): Value => ({ kind: "image", bytes });
   await store.put([
@@ -205,7 +243,7 @@ test("full-page images with APPLY are stored as page images stamped with the rec
   assert.equal(new DataView(img.buffer, img.byteOffset).getUint32(4, true), Number(lsnAlign(r.endLsn) & 0xffffffffn));
   // an XLOG FPI whose image is not to be applied is corrupt
   const bad = rec({ rmid: 0, info: 0xb0, blocks: [{ id: 0, forkNum: 0, rel: REL, blockNumber: 1, image: { bytes: page, apply: false } }] });
-  await assert.rejects(ingest.ingestRecord(bad, ctx), (e: unknown) => e instanceof StrataError && e.code === "corrupt_data");
+  await assert.rejects(async () => ingest.ingestRecord(bad, ctx), (e: unknown) => e instanceof StrataError && e.code === "corrupt_data");
 });
 
 test("heap records that clear VM bits put a native record on the VM page", async () => {
@@ -340,16 +378,16 @@ test("skipped records are counted; unknown and unsupported records stop ingest",
   await ingest.ingestRecord(rec({ rmid: 21, info: 0x00, mainData: new Uint8Array(24) }), ctx);
   assert.deepEqual(ingest.stats.skipped, { "Standby/RUNNING_XACTS": 1, "LogicalMessage/MESSAGE": 1 });
   const code = (c: string) => (e: unknown) => e instanceof StrataError && e.code === c;
-  await assert.rejects(ingest.ingestRecord(rec({ rmid: 1, info: 0x70, mainData: new Uint8Array(8) }), ctx), code("unsupported"), "unknown XACT type");
-  await assert.rejects(ingest.ingestRecord(rec({ rmid: 18, info: 0x00, mainData: u32s(1) }), ctx), code("unsupported"), "commit timestamps");
-  await assert.rejects(ingest.ingestRecord(rec({ rmid: 130, info: 0x00, mainData: u32s(1) }), ctx), code("unsupported"), "custom rmgr");
+  await assert.rejects(async () => ingest.ingestRecord(rec({ rmid: 1, info: 0x70, mainData: new Uint8Array(8) }), ctx), code("unsupported"), "unknown XACT type");
+  await assert.rejects(async () => ingest.ingestRecord(rec({ rmid: 18, info: 0x00, mainData: u32s(1) }), ctx), code("unsupported"), "commit timestamps");
+  await assert.rejects(async () => ingest.ingestRecord(rec({ rmid: 130, info: 0x00, mainData: u32s(1) }), ctx), code("unsupported"), "custom rmgr");
 });
 
 test("a timeline without a checkpoint cannot be ingested into", async () => {
   const store = new VersionStore();
   const ingest = new WalIngest(store, store, { startLsn: lsn(0x1000000) });
   const raw = encodeRecord({ rmid: 0, info: 0x30, prevLsn: lsn(0), mainData: u32s(5) });
-  await assert.rejects(ingest.ingestRecord(decodeRecord(raw, lsn(0x1000028), lsn(0x1000028 + raw.length)), ctx), /has no checkpoint/);
+  await assert.rejects(async () => ingest.ingestRecord(decodeRecord(raw, lsn(0x1000028), lsn(0x1000028 + raw.length)), ctx), /has no checkpoint/);
 });
 
 test("VM and FSM truncation helpers follow visibilitymap_prepare_truncate and fsm_truncate_avail", () => {
@@ -375,4 +413,64 @@ test("VM and FSM truncation helpers follow visibilitymap_prepare_truncate and fs
   assert.equal(nodes[leaf0 + 100], 0);
   assert.equal(nodes[leaf0 + 1], 10);
   assert.equal(nodes[0], 10, "root rebuilt");
+});
+
+test("fast path: the records it takes are stored exactly as the general path stores them (same versions, counters, stats)", async () => {
+  const btree = (blockNumber: number, image?: Uint8Array): Omit<Parameters<typeof encodeRecord>[0], "prevLsn"> => ({
+    rmid: 11, // Btree INSERT_LEAF
+    info: 0x00,
+    xid: 0,
+    mainData: new Uint8Array([1, 0]),
+    blocks: [{ id: 0, forkNum: 0, rel: IDX, blockNumber, data: new Uint8Array(16), ...(image === undefined ? {} : { image: { bytes: image } }) }],
+  });
+  const IDX: RelFileNode = { spcOid: 1663, dbOid: 5, relNumber: 16390 };
+  const update = (from: number, to: number, xid: number, flags = 0): Omit<Parameters<typeof encodeRecord>[0], "prevLsn"> => ({
+    rmid: 10, // Heap UPDATE: new tuple on block ref 0, old on block ref 1
+    info: 0x20,
+    xid,
+    mainData: concat(u32s(xid), new Uint8Array([1, 0, 0, flags]), u32s(0), new Uint8Array([2, 0])),
+    blocks: [
+      { id: 0, forkNum: 0, rel: REL, blockNumber: to, data: new Uint8Array(30) },
+      { id: 1, forkNum: 0, rel: REL, blockNumber: from },
+    ],
+  });
+  const specs: Array<Omit<Parameters<typeof encodeRecord>[0], "prevLsn">> = [
+    { rmid: 2, info: 0x10, mainData: u32s(REL.spcOid, REL.dbOid, REL.relNumber, 0) }, // SMGR CREATE main
+    { rmid: 2, info: 0x10, mainData: u32s(REL.spcOid, REL.dbOid, REL.relNumber, 2) }, // SMGR CREATE vm
+    { rmid: 2, info: 0x10, mainData: u32s(IDX.spcOid, IDX.dbOid, IDX.relNumber, 0) },
+    heapInsert(0, { init: true }), // extends by one (fast: size 0 -> 1)
+    heapInsert(0),
+    heapInsert(1, { init: true }),
+    heapInsert(5), // a gap: general path
+    heapInsert(2, { flags: 1 }), // clears VM bits on VM page 0, beyond the VM fork's end (0 blocks): extends it
+    heapInsert(3, { flags: 1 }), // VM page 0 now inside
+    update(2, 4, 1002, 0x01 | 0x04), // old and new tuples clear bits on one VM page: one value
+    update(4, 6, 1003), // extends by one with two blocks in the record
+    btree(0, initPage(0)), // FPI on an index block: extends the index
+    btree(0),
+    btree(0, initPage(0)),
+    { rmid: 0, info: 0xb0, blocks: [{ id: 0, forkNum: 0, rel: REL, blockNumber: 1, image: { bytes: initPage(0) } }] }, // XLOG FPI_FOR_HINT
+    xactCompletion(0x00, 1001, [1002, 1003], []), // COMMIT, clog page 0 exists
+    xactCompletion(0x20, 1004, [], []), // ABORT
+    xactCompletion(0x00, 1005, [40000], []), // a subxact on a clog page that does not exist: general path
+    xactCompletion(0x00, 1006, [40001], []), // now it exists
+    { ...heapInsert(6), xid: 50000 }, // advances nextXid: checkpoint value
+    xactCompletion(0x00, 1007, [], [IDX]), // drops a relation: general path
+  ];
+  const fast = await setup(CHECKPOINT, true);
+  const general = await setup(CHECKPOINT, false);
+  for (const spec of specs) {
+    await fast.ingest.ingestRecord(fast.rec(spec), ctx);
+    await general.ingest.ingestRecord(general.rec(spec), ctx);
+  }
+  assert.ok(fast.store.fastRecords >= 12, `the fast path took ${fast.store.fastRecords} records`);
+  assert.equal(general.store.fastRecords, 0);
+  const sorted = (m: Map<Key, unknown>) => [...m].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  assert.deepEqual(sorted(fast.store.versions), sorted(general.store.versions));
+  assert.deepEqual(fast.ingest.stats, general.ingest.stats);
+  assert.deepEqual(fast.ingest.ingestCounters, general.ingest.ingestCounters);
+  assert.equal(fast.store.last, general.store.last);
+  // the VM page cleared by both tuples of one update holds one value at that record
+  const vm = fast.store.versions.get(relBlockKey({ ...REL, fork: 2 }, 0))!;
+  assert.equal(new Set(vm.map((v) => v.lsn)).size, vm.length);
 });

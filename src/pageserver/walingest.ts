@@ -43,7 +43,24 @@
  * Caches: relation sizes and directories, SLRU and two-phase directories are
  * cached here (ingest is the only writer of those keys of its timeline), each
  * cache bounded; a failed record clears them all, since the batch was not
- * written.
+ * written. Relation sizes are looked up by numbers (RelSizeCache), not by
+ * bigint keys, since every block reference of every record checks one.
+ *
+ * Two paths, one result. The general path (`ingestGeneral`) handles every
+ * record: it reads state through the DatadirReader as needed, collects the
+ * record's puts in a DatadirModification and hands them to the writer. The
+ * fast path (`ingestFast`) takes the records that dominate a busy database's
+ * WAL — block changes of relations whose size is cached (inside the fork or
+ * extending it by one block), XLOG full-page images, and COMMIT / ABORT whose
+ * clog pages exist — when the writer offers synchronous puts
+ * (FastDatadirWriter: the Timeline's open in-memory layer): no promise, no
+ * modification batch, no intermediate WAL value per record (the record is
+ * written once, header and raw bytes straight into the layer's buffer), and
+ * per block a cached slot number instead of a bigint key. It stores exactly
+ * what the general path would (walingest.test.ts compares the two on the
+ * same records) and declines, before changing anything, whatever it does
+ * not cover. `ingestRecord` returns undefined when the fast path took the
+ * record, so callers await only the general path.
  *
  * Crash/cancel: a record's puts are handed to the writer only when the whole
  * record is interpreted, then finishRecord advances last_record_lsn, so an
@@ -92,7 +109,7 @@ import {
 } from "../formats/wal/rmgr_names.js";
 import { CLOG_XACTS_PER_PAGE, TRANSACTION_STATUS_ABORTED, TRANSACTION_STATUS_COMMITTED, clogPageOf, parseClogRecord, setClogStatus } from "../formats/wal/rmgr/clog.js";
 import { parseDbaseRecord } from "../formats/wal/rmgr/dbase.js";
-import { heapVmClears, vmBlockOf } from "../formats/wal/rmgr/heap.js";
+import { heapVmClears, vmBlockOf, type VmClear } from "../formats/wal/rmgr/heap.js";
 import {
   FIRST_MULTIXACT_ID,
   MULTIXACT_MEMBERS_PER_PAGE,
@@ -126,6 +143,8 @@ import {
   relDirEntryId,
   relDirEntryOf,
   walRecordValue,
+  writeWalValueHeader,
+  WAL_VALUE_HEADER_BYTES,
   type DatadirPut,
   type DatadirReader,
   type DatadirWriter,
@@ -151,6 +170,7 @@ import {
   type Key,
   type RelTag,
 } from "./key.js";
+import type { RedoEngine, Value } from "./layers/value.js";
 import { encodeLastCommit } from "./lsn_by_timestamp.js";
 
 // ------------------------------------------------------------------ limits
@@ -186,7 +206,210 @@ const VM_HEAPBLOCKS_PER_PAGE = VM_MAPSIZE_BYTES * VM_HEAPBLOCKS_PER_BYTE;
 
 const FORKS = [0, 1, 2, 3] as const;
 
+// ------------------------------------------------------------------ the fast path (see "Fast path" in the class)
+
+/** How a (rmid, info) pair can be ingested synchronously; computed once per pair from identifyRecord. */
+const FAST_UNKNOWN = 0;
+/** Stored per block only (index AMs, sequences, generic WAL). */
+const FAST_BLOCKS = 1;
+/** Stored per block, plus the VM bits it clears (HEAP / HEAP2 records that are not skipped). */
+const FAST_HEAP = 2;
+/** XLOG FPI / FPI_FOR_HINT: every block must carry an image to apply. */
+const FAST_FPI = 3;
+/** XACT COMMIT / ABORT: clog pages, last commit. */
+const FAST_XACT = 4;
+/** Anything else: the general (async) path. */
+const FAST_NEVER = 5;
+const fastKinds = new Uint8Array(256 * 256);
+
+function fastKindOf(rmid: number, info: number): number {
+  const i = (rmid << 8) | info;
+  let k = fastKinds[i]!;
+  if (k !== FAST_UNKNOWN) return k;
+  const name = identifyRecord(rmid, info);
+  k = FAST_NEVER;
+  if (name !== undefined) {
+    switch (rmid) {
+      case RM_HEAP_ID:
+        if (name !== "TRUNCATE") k = FAST_HEAP;
+        break;
+      case RM_HEAP2_ID:
+        if (name !== "REWRITE" && name !== "NEW_CID") k = FAST_HEAP;
+        break;
+      case RM_BTREE_ID:
+      case RM_HASH_ID:
+      case RM_GIN_ID:
+      case RM_GIST_ID:
+      case RM_SEQ_ID:
+      case RM_SPGIST_ID:
+      case RM_BRIN_ID:
+      case RM_GENERIC_ID:
+        k = FAST_BLOCKS;
+        break;
+      case RM_XLOG_ID:
+        if (name === "FPI" || name === "FPI_FOR_HINT") k = FAST_FPI;
+        break;
+      case RM_XACT_ID:
+        if (name === "COMMIT" || name === "ABORT") k = FAST_XACT;
+        break;
+    }
+  }
+  fastKinds[i] = k;
+  return k;
+}
+
+/** Block references a record may have on the fast path (XLR_MAX_BLOCK_ID + 1); more goes the general way. */
+const MAX_FAST_BLOCKS = 33;
+
+/** A cached relation fork size (RelSizeCache). */
+interface RelSizeEntry {
+  readonly spcOid: number;
+  readonly dbOid: number;
+  readonly relNumber: number;
+  readonly fork: number;
+  /** Blocks, or -1 when the fork is known not to exist (dropped or never created). */
+  blocks: number;
+  /** relBlockKey(fork, 0), computed on first use: a block's key is keyBase + block. */
+  keyBase: Key | undefined;
+  /** Block number -> slot in `slotTarget` (FastIngestTarget.slotOf), for the target they were taken from. */
+  slots: Map<number, number> | undefined;
+  slotTarget: FastIngestTarget | undefined;
+}
+
+/**
+ * Relation fork sizes ingest has read or written, looked up by numbers
+ * (relation number first, then a short scan for tablespace, database and
+ * fork) rather than by bigint keys: the fast path checks one per block
+ * reference of every record. Bounded by MAX_CACHED_REL_SIZES entries.
+ */
+class RelSizeCache {
+  private readonly byRel = new Map<number, RelSizeEntry[]>();
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  find(spcOid: number, dbOid: number, relNumber: number, fork: number): RelSizeEntry | undefined {
+    const list = this.byRel.get(relNumber);
+    if (list === undefined) return undefined;
+    for (let i = 0; i < list.length; i++) {
+      const e = list[i]!;
+      if (e.fork === fork && e.dbOid === dbOid && e.spcOid === spcOid) return e;
+    }
+    return undefined;
+  }
+
+  /** Caches `blocks` (undefined: known absent) for the fork; drops everything first when full. */
+  set(tag: RelTag, blocks: number | undefined): void {
+    const e = this.find(tag.spcOid, tag.dbOid, tag.relNumber, tag.fork);
+    if (e !== undefined) {
+      e.blocks = blocks ?? -1;
+      return;
+    }
+    if (this.count >= MAX_CACHED_REL_SIZES) this.clear();
+    const entry: RelSizeEntry = {
+      spcOid: tag.spcOid,
+      dbOid: tag.dbOid,
+      relNumber: tag.relNumber,
+      fork: tag.fork,
+      blocks: blocks ?? -1,
+      keyBase: undefined,
+      slots: undefined,
+      slotTarget: undefined,
+    };
+    const list = this.byRel.get(tag.relNumber);
+    if (list === undefined) this.byRel.set(tag.relNumber, [entry]);
+    else list.push(entry);
+    this.count++;
+  }
+
+  /** Forgets the sizes of one database's forks. */
+  forgetDb(spcOid: number, dbOid: number): void {
+    for (const [rel, list] of this.byRel) {
+      const kept = list.filter((e) => e.spcOid !== spcOid || e.dbOid !== dbOid);
+      this.count -= list.length - kept.length;
+      if (kept.length === 0) this.byRel.delete(rel);
+      else if (kept.length !== list.length) this.byRel.set(rel, kept);
+    }
+  }
+
+  clear(): void {
+    this.byRel.clear();
+    this.count = 0;
+  }
+}
+
+/** The key of block `blk` of a cached fork (blk < its size, so never InvalidBlockNumber). */
+function cachedBlockKey(e: RelSizeEntry, blk: number): Key {
+  e.keyBase ??= relBlockKey(e, 0);
+  return (e.keyBase + BigInt(blk)) as Key;
+}
+
+/** recordVersionLsn with one bigint instead of several (every record; LSNs below 2^53 are exact numbers). */
+function versionLsnOf(rec: DecodedRecord): Lsn {
+  const end = Number(rec.endLsn);
+  return end < Number.MAX_SAFE_INTEGER - 8 ? (BigInt(Math.ceil(end / 8) * 8) as Lsn) : recordVersionLsn(rec);
+}
+
+/** Index of `slot` in slots[0, n), or -1. */
+function indexOfSlot(slots: number[], n: number, slot: number): number {
+  for (let i = 0; i < n; i++) if (slots[i] === slot) return i;
+  return -1;
+}
+
+/** The target's slot for block `blk` of a cached fork, remembered on the fork (no bigint key once known). */
+function cachedBlockSlot(e: RelSizeEntry, blk: number, target: FastIngestTarget): number {
+  let slots = e.slots;
+  if (slots === undefined || e.slotTarget !== target) {
+    slots = new Map();
+    e.slots = slots;
+    e.slotTarget = target;
+  }
+  let slot = slots.get(blk);
+  if (slot === undefined) {
+    slot = target.slotOf(cachedBlockKey(e, blk));
+    slots.set(blk, slot);
+  }
+  return slot;
+}
+
 // ------------------------------------------------------------------ public types
+
+/**
+ * Where WAL ingest's fast path puts the versions of one record: synchronous
+ * puts at the record's version LSN (the Timeline hands out its open
+ * in-memory layer). `putWal` stores a WAL value whose record bytes are
+ * `head ++ body` without concatenating them. Every put copies what it keeps
+ * before it returns: the fast path reuses `head` and its image pages.
+ */
+export interface FastIngestTarget {
+  put(key: Key, lsn: Lsn, value: Value): void;
+  putWal(key: Key, lsn: Lsn, willInit: boolean, engine: RedoEngine | undefined, head: Uint8Array, body: Uint8Array): void;
+  /**
+   * A number standing for `key` in this target (registering the key if
+   * new), valid as long as the target is: putAt / putWalAt take it instead
+   * of the key. Ingest remembers them per relation fork and block number.
+   */
+  slotOf(key: Key): number;
+  putAt(slot: number, lsn: Lsn, value: Value): void;
+  putWalAt(slot: number, lsn: Lsn, willInit: boolean, engine: RedoEngine | undefined, head: Uint8Array, body: Uint8Array): void;
+}
+
+/** A DatadirWriter that can take a record's puts synchronously (the Timeline). */
+export interface FastDatadirWriter extends DatadirWriter {
+  /**
+   * The target for the puts of one record at `lsn` when they can be taken
+   * right now without waiting (no back-pressure, timeline active, `lsn`
+   * above last_record_lsn), else undefined: ingest then takes the general
+   * path, whose `put` waits or reports the error.
+   */
+  fastIngestTarget(lsn: Lsn): FastIngestTarget | undefined;
+}
+
+function isFastWriter(w: DatadirWriter): w is FastDatadirWriter {
+  return typeof (w as Partial<FastDatadirWriter>).fastIngestTarget === "function";
+}
 
 /** The counters a base backup's checkpoint needs (DESIGN §6). */
 export interface IngestCounters {
@@ -225,6 +448,12 @@ function relTag(rel: RelFileNode, fork: number): RelTag {
 
 function describeRecord(rec: DecodedRecord): string {
   return `${rmgrName(rec.rmid)}/${identifyRecord(rec.rmid, rec.info) ?? `0x${rec.info.toString(16)}`} at ${formatLsn(rec.lsn)}`;
+}
+
+/** Sets the next full XID and its low 32 bits together. */
+function setNextFullXid(c: { nextFullXid: bigint; nextXid32: number }, v: bigint): void {
+  c.nextFullXid = v;
+  c.nextXid32 = Number(v & 0xffffffffn);
 }
 
 function isNormalXid(xid: number): boolean {
@@ -321,13 +550,33 @@ interface SlruState {
 export class WalIngest {
   readonly stats: IngestStats = { records: 0, images: 0, walValues: 0, skipped: {} };
 
-  private counters?: { nextFullXid: bigint; nextOid: number; nextMulti: number; nextMultiOffset: number; checkpoint: CheckPoint };
+  /** nextXid32 is nextFullXid's low 32 bits, kept beside it (advanceXid runs for nearly every record). */
+  private counters?: { nextFullXid: bigint; nextXid32: number; nextOid: number; nextMulti: number; nextMultiOffset: number; checkpoint: CheckPoint };
   private countersChanged = false;
   private lastLsn: Lsn;
   private busy = false;
+  /** The writer, when it takes puts synchronously (see "Fast path"). */
+  private readonly fastWriter: FastDatadirWriter | undefined;
+  /** Scratch of the fast path: the WAL value header of the record being stored, and its per-block work. */
+  private readonly walHead = new Uint8Array(WAL_VALUE_HEADER_BYTES);
+  private readonly fastEntries: RelSizeEntry[] = [];
+  private readonly fastImages: Array<Uint8Array | undefined> = [];
+  private readonly fastPages: Uint8Array[] = [];
+  private readonly fastKeys: Key[] = [];
+  private readonly fastSlots: number[] = [];
+  /** Slots of the checkpoint and last-commit keys in `constSlotTarget` (one of each per transaction). */
+  private constSlotTarget: FastIngestTarget | undefined;
+  private checkpointSlot = -1;
+  private lastCommitSlot = -1;
+  /** Per fast key: 1 when the record extends its fork by that block (stored will-init, as touchBlock does). */
+  private readonly fastExtends = new Uint8Array(2 * MAX_FAST_BLOCKS + 2);
+  /** Forks the record extends by one block, and their new sizes (applied only once the record qualifies). */
+  private readonly growForks: RelSizeEntry[] = [];
+  private readonly growSizes: number[] = [];
+  private growCount = 0;
 
-  // caches (see header); undefined entries are "known absent"
-  private relSizes = new Map<Key, number | undefined>();
+  // caches (see header); "known absent" is cached too
+  private relSizes = new RelSizeCache();
   private relDirs = new Map<Key, Set<number>>();
   private dbDir?: Set<bigint>;
   private twoPhaseDir?: Set<number>;
@@ -341,6 +590,7 @@ export class WalIngest {
     opts: WalIngestOptions,
   ) {
     this.lastLsn = opts.startLsn;
+    this.fastWriter = isFastWriter(writer) ? writer : undefined;
   }
 
   /** Counters as of the last ingested record; undefined before the first record. */
@@ -350,8 +600,23 @@ export class WalIngest {
     return { nextFullXid, nextOid, nextMulti, nextMultiOffset };
   }
 
-  /** Interprets one record and writes its versions at the record's MAXALIGNed end. */
-  async ingestRecord(rec: DecodedRecord, ctx: RequestContext): Promise<void> {
+  /**
+   * Interprets one record and writes its versions at the record's MAXALIGNed
+   * end. Returns undefined when the record was ingested synchronously (the
+   * fast path: most records of a busy database), else a promise to await
+   * before the next record; a failure is always a rejected promise.
+   */
+  ingestRecord(rec: DecodedRecord, ctx: RequestContext): Promise<void> | undefined {
+    try {
+      if (this.ingestFast(rec, ctx)) return undefined;
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.ingestGeneral(rec, ctx);
+  }
+
+  /** The general path: any record, reading state through the reader as needed. */
+  private async ingestGeneral(rec: DecodedRecord, ctx: RequestContext): Promise<void> {
     assert(!this.busy, "WalIngest.ingestRecord called concurrently");
     if (rec.lsn < this.lastLsn) {
       throw new StrataError("invalid_argument", `WAL ingest: record at ${formatLsn(rec.lsn)} is below the last ingested LSN ${formatLsn(this.lastLsn)}`);
@@ -375,6 +640,200 @@ export class WalIngest {
       this.busy = false;
       this.countersChanged = false;
     }
+  }
+
+  // ---------------------------------------------------------------- fast path
+  //
+  // Most records of a busy database change blocks of relations whose size is
+  // cached and lie inside them (or commit transactions whose clog pages
+  // exist): nothing has to be read, so they can be ingested without a
+  // promise, a DatadirModification or an intermediate value per record. The
+  // fast path does exactly what the general path would do for such a record
+  // (same versions, counters, stats), and declines — before changing any
+  // state — whenever something is not cached, the record is of another kind,
+  // or the writer cannot take puts right now. Everything that can fail
+  // (parsing the body, restoring images) happens before the first put, so a
+  // failure leaves nothing behind, as on the general path.
+
+  /** Ingests `rec` synchronously if it qualifies; false when the general path must. */
+  private ingestFast(rec: DecodedRecord, ctx: RequestContext): boolean {
+    const fw = this.fastWriter;
+    if (fw === undefined || this.counters === undefined) return false;
+    const kind = fastKindOf(rec.rmid, rec.info);
+    if (kind === FAST_NEVER) return false;
+    assert(!this.busy, "WalIngest.ingestRecord called concurrently");
+    if (rec.lsn < this.lastLsn) return false; // the general path reports it
+    ctx.signal.throwIfAborted();
+    try {
+      return kind === FAST_XACT ? this.fastXact(rec, fw) : this.fastBlocks(rec, kind, fw);
+    } catch (err) {
+      this.clearCaches();
+      throw err;
+    } finally {
+      this.countersChanged = false;
+    }
+  }
+
+  /**
+   * Whether block `blk` of the cached fork `e` can be stored on the fast
+   * path: 0 when it lies inside the fork, 1 when it is the block right after
+   * its end (the record extends the fork by one: touchBlock's case without a
+   * gap; the new size is noted in growForks / growSizes, counting earlier
+   * blocks of the same record), -1 otherwise (not cached, dropped, a gap).
+   */
+  private fastReach(e: RelSizeEntry | undefined, blk: number): number {
+    if (e === undefined || e.blocks < 0) return -1;
+    let g = 0;
+    while (g < this.growCount && this.growForks[g] !== e) g++;
+    const size = g < this.growCount ? this.growSizes[g]! : e.blocks;
+    if (blk < size) return 0;
+    if (blk !== size || blk >= 0xfffffffe) return -1;
+    if (g === this.growCount) {
+      this.growForks[g] = e;
+      this.growCount++;
+    }
+    this.growSizes[g] = blk + 1;
+    return 1;
+  }
+
+  /** FAST_BLOCKS / FAST_HEAP / FAST_FPI: every block (and VM page) cached, inside its fork or right after its end. */
+  private fastBlocks(rec: DecodedRecord, kind: number, fw: FastDatadirWriter): boolean {
+    const blocks = rec.blocks;
+    const n = blocks.length;
+    if (n > MAX_FAST_BLOCKS) return false;
+    const versionLsn = versionLsnOf(rec);
+    const target = fw.fastIngestTarget(versionLsn);
+    if (target === undefined) return false;
+    const images = this.fastImages;
+    const slots = this.fastSlots; // [0, nslots) are this record's (no array resizing per record)
+    const ext = this.fastExtends;
+    let nslots = 0;
+    this.growCount = 0;
+    for (let i = 0; i < n; i++) {
+      const b = blocks[i]!;
+      const e = this.relSizes.find(b.rel.spcOid, b.rel.dbOid, b.rel.relNumber, b.forkNum);
+      const reach = this.fastReach(e, b.blockNumber);
+      if (reach < 0) return false;
+      const slot = cachedBlockSlot(e!, b.blockNumber, target);
+      if (indexOfSlot(slots, nslots, slot) >= 0) return false; // one block twice: the general path's batch merges them
+      slots[nslots++] = slot;
+      ext[i] = reach;
+      const apply = b.image?.apply === true;
+      if (kind === FAST_FPI && !apply) return false; // the general path reports it
+      // (into a scratch page per block reference: the put below copies it)
+      images[i] = apply ? restoreBlockImageForRedo(rec, b.id, (this.fastPages[i] ??= new Uint8Array(8192))) : undefined;
+    }
+    if (kind === FAST_HEAP) {
+      const clears: VmClear[] = heapVmClears(rec);
+      for (let j = 0; j < clears.length; j++) {
+        const c = clears[j]!;
+        const e = this.relSizes.find(c.rel.spcOid, c.rel.dbOid, c.rel.relNumber, FORK_VM);
+        const vmBlk = vmBlockOf(c.heapBlock);
+        if (e === undefined || e.blocks < 0) return false;
+        const slot = cachedBlockSlot(e, vmBlk, target);
+        const seen = indexOfSlot(slots, nslots, slot);
+        // a VM page that is also a block reference of the record: the general path sorts it out
+        if (seen >= 0 && seen < n) return false;
+        if (seen >= 0) continue; // several clears on one VM page: one record value applies them all
+        const reach = this.fastReach(e, vmBlk);
+        if (reach < 0) return false;
+        ext[nslots] = reach;
+        slots[nslots++] = slot;
+      }
+    }
+
+    // From here on nothing declines or fails (but the writer's own checks).
+    if (isNormalXid(rec.xid)) this.advanceXid(rec.xid);
+    for (let g = 0; g < this.growCount; g++) {
+      const e = this.growForks[g]!;
+      const size = this.growSizes[g]!;
+      e.blocks = size;
+      target.put(relSizeKey(e), versionLsn, { kind: "image", bytes: encodeRelSize(size) });
+    }
+    const head = this.walHead;
+    writeWalValueHeader(rec, head);
+    for (let i = 0; i < n; i++) {
+      const img = images[i];
+      if (img !== undefined) {
+        target.putAt(slots[i]!, versionLsn, { kind: "image", bytes: img });
+        images[i] = undefined;
+        this.stats.images++;
+      } else {
+        target.putWalAt(slots[i]!, versionLsn, blocks[i]!.willInit || ext[i] === 1, "postgres", head, rec.raw);
+        this.stats.walValues++;
+      }
+    }
+    for (let j = n; j < nslots; j++) {
+      target.putWalAt(slots[j]!, versionLsn, ext[j] === 1, "native", head, rec.raw);
+      this.stats.walValues++;
+    }
+    this.finishFast(rec, versionLsn, target, fw);
+    return true;
+  }
+
+  /** FAST_XACT: COMMIT / ABORT dropping no relation, every clog page of its XIDs known to exist. */
+  private fastXact(rec: DecodedRecord, fw: FastDatadirWriter): boolean {
+    const body = parseXactRecord(rec);
+    if ((body.type !== "COMMIT" && body.type !== "ABORT") || body.droppedRels.length > 0) return false;
+    const clog = this.slru.get(SlruKind.Clog);
+    if (clog?.dir === undefined) return false;
+    const xid = completedXid(rec.xid, body);
+    const keys = this.fastKeys; // [0, nkeys) are this record's
+    let nkeys = 0;
+    let lastPage = -1;
+    for (let i = -1; i < body.subxacts.length; i++) {
+      const pageno = clogPageOf(i < 0 ? xid : body.subxacts[i]!);
+      if (pageno === lastPage) continue; // (subxacts are usually on the page of their top XID)
+      lastPage = pageno;
+      const seg = slruSegmentOf(pageno);
+      const blk = slruPageInSegment(pageno);
+      const size = clog.segSizes.get(seg);
+      if (!clog.dir.has(seg) || size === undefined || !(blk < size)) return false;
+      const key = slruBlockKey(SlruKind.Clog, seg, blk);
+      let seen = false;
+      for (let k = 0; k < nkeys; k++) if (keys[k] === key) seen = true;
+      if (!seen) keys[nkeys++] = key;
+    }
+    const versionLsn = versionLsnOf(rec);
+    const target = fw.fastIngestTarget(versionLsn);
+    if (target === undefined) return false;
+
+    if (isNormalXid(rec.xid)) this.advanceXid(rec.xid);
+    if (isNormalXid(xid)) this.advanceXid(xid);
+    for (const x of body.subxacts) if (isNormalXid(x)) this.advanceXid(x);
+    const head = this.walHead;
+    writeWalValueHeader(rec, head);
+    // (clog values are not counted in stats.walValues, as on the general path)
+    for (let k = 0; k < nkeys; k++) target.putWal(keys[k]!, versionLsn, false, "native", head, rec.raw);
+    if (body.type === "COMMIT") {
+      const value: Value = { kind: "image", bytes: encodeLastCommit({ timestampUs: body.xactTime, endLsn: versionLsn, xid }) };
+      target.putAt(this.constSlot(LAST_COMMIT_KEY, target), versionLsn, value);
+    }
+    this.finishFast(rec, versionLsn, target, fw);
+    return true;
+  }
+
+  /** The target's slot for CHECKPOINT_KEY or LAST_COMMIT_KEY, remembered per target. */
+  private constSlot(key: Key, target: FastIngestTarget): number {
+    if (this.constSlotTarget !== target) {
+      this.constSlotTarget = target;
+      this.checkpointSlot = -1;
+      this.lastCommitSlot = -1;
+    }
+    if (key === CHECKPOINT_KEY) {
+      if (this.checkpointSlot < 0) this.checkpointSlot = target.slotOf(key);
+      return this.checkpointSlot;
+    }
+    if (this.lastCommitSlot < 0) this.lastCommitSlot = target.slotOf(key);
+    return this.lastCommitSlot;
+  }
+
+  /** The checkpoint value when counters changed, then publishes the record. */
+  private finishFast(rec: DecodedRecord, versionLsn: Lsn, target: FastIngestTarget, fw: FastDatadirWriter): void {
+    if (this.countersChanged) target.putAt(this.constSlot(CHECKPOINT_KEY, target), versionLsn, this.checkpointValue());
+    fw.finishRecord(versionLsn, rec.lsn);
+    this.lastLsn = versionLsn;
+    this.stats.records++;
   }
 
   private clearCaches(): void {
@@ -492,10 +951,10 @@ export class WalIngest {
    */
   /** True when the caches say the fork exists and `blk` is inside it (touchBlock would change nothing). */
   private blockInsideCached(tag: RelTag, blk: number): boolean {
-    const dir = this.relDirs.get(relDirKey(tag.spcOid, tag.dbOid));
-    if (!dir?.has(relDirEntryId(tag.relNumber, tag.fork))) return false;
-    const size = this.relSizes.get(relSizeKey(tag));
-    return size !== undefined && blk < size;
+    // A cached size of an existing fork implies its rel dir entry (sizes are
+    // cached only for forks in the cached dir, and dropped with it).
+    const e = this.relSizes.find(tag.spcOid, tag.dbOid, tag.relNumber, tag.fork);
+    return e !== undefined && blk < e.blocks;
   }
 
   private async touchBlock(tag: RelTag, blk: number, mod: DatadirModification): Promise<boolean> {
@@ -553,14 +1012,14 @@ export class WalIngest {
         const cp = body.checkpoint;
         if (body.type === "CHECKPOINT_SHUTDOWN") {
           // xlog_redo: a shutdown checkpoint sets the counters outright
-          c.nextFullXid = cp.nextXid;
+          setNextFullXid(c, cp.nextXid);
           c.nextOid = cp.nextOid;
           c.nextMulti = cp.nextMulti;
           c.nextMultiOffset = cp.nextMultiOffset;
         } else {
           // an online checkpoint's values can be older than records before
           // it: XIDs only move forward, nextOid is not replayed from it
-          if (cp.nextXid > c.nextFullXid) c.nextFullXid = cp.nextXid;
+          if (cp.nextXid > c.nextFullXid) setNextFullXid(c, cp.nextXid);
           this.advanceMulti(cp.nextMulti, cp.nextMultiOffset);
         }
         c.checkpoint = cp;
@@ -602,9 +1061,14 @@ export class WalIngest {
   }
 
   private putCheckpoint(mod: DatadirModification): void {
+    mod.put(CHECKPOINT_KEY, this.checkpointValue());
+  }
+
+  /** The checkpoint value carrying the current counters. */
+  private checkpointValue(): Value {
     const c = this.counters!;
     const cp: CheckPoint = { ...c.checkpoint, nextXid: c.nextFullXid, nextOid: c.nextOid, nextMulti: c.nextMulti, nextMultiOffset: c.nextMultiOffset };
-    mod.put(CHECKPOINT_KEY, { kind: "image", bytes: encodeCheckPoint(cp) });
+    return { kind: "image", bytes: encodeCheckPoint(cp) };
   }
 
   private async loadCounters(mod: DatadirModification): Promise<void> {
@@ -614,19 +1078,26 @@ export class WalIngest {
       throw new StrataError("invalid_argument", `WAL ingest at ${formatLsn(mod.lsn)}: the timeline has no checkpoint (import a data directory first)`);
     }
     const cp = parseCheckPoint(bytes, `checkpoint value at ${formatLsn(mod.readLsn)}`);
-    this.counters = { nextFullXid: cp.nextXid, nextOid: cp.nextOid, nextMulti: cp.nextMulti, nextMultiOffset: cp.nextMultiOffset, checkpoint: cp };
+    this.counters = {
+      nextFullXid: cp.nextXid,
+      nextXid32: Number(cp.nextXid & 0xffffffffn),
+      nextOid: cp.nextOid,
+      nextMulti: cp.nextMulti,
+      nextMultiOffset: cp.nextMultiOffset,
+      checkpoint: cp,
+    };
   }
 
   /** AdvanceNextFullTransactionIdPastXid. */
   private advanceXid(xid: number): void {
     const c = this.counters!;
-    const nextXid = Number(c.nextFullXid & 0xffffffffn);
+    const nextXid = c.nextXid32;
     if (!xidFollowsOrEquals(xid, nextXid)) return;
     let next = (xid + 1) >>> 0;
     if (next < FIRST_NORMAL_XID) next = FIRST_NORMAL_XID; // TransactionIdAdvance skips special XIDs
     let epoch = c.nextFullXid >> 32n;
     if (next < nextXid) epoch++;
-    c.nextFullXid = (epoch << 32n) | BigInt(next);
+    setNextFullXid(c, (epoch << 32n) | BigInt(next));
     this.countersChanged = true;
   }
 
@@ -825,8 +1296,9 @@ export class WalIngest {
   }
 
   private async getRelSize(tag: RelTag, mod: DatadirModification): Promise<number | undefined> {
+    const cached = this.relSizes.find(tag.spcOid, tag.dbOid, tag.relNumber, tag.fork);
+    if (cached !== undefined) return cached.blocks < 0 ? undefined : cached.blocks;
     const key = relSizeKey(tag);
-    if (this.relSizes.has(key)) return this.relSizes.get(key);
     const dir = await this.getRelDir(tag.spcOid, tag.dbOid, mod);
     let size: number | undefined;
     if (dir.has(relDirEntryId(tag.relNumber, tag.fork))) {
@@ -836,16 +1308,13 @@ export class WalIngest {
       }
       size = decodeRelSize(bytes);
     }
-    if (this.relSizes.size >= MAX_CACHED_REL_SIZES) this.relSizes.clear();
-    this.relSizes.set(key, size);
+    this.relSizes.set(tag, size);
     return size;
   }
 
   private setRelSize(tag: RelTag, blocks: number | undefined, mod: DatadirModification): void {
-    const key = relSizeKey(tag);
-    if (this.relSizes.size >= MAX_CACHED_REL_SIZES) this.relSizes.clear();
-    this.relSizes.set(key, blocks);
-    mod.put(key, { kind: "image", bytes: encodeRelSize(blocks) });
+    this.relSizes.set(tag, blocks);
+    mod.put(relSizeKey(tag), { kind: "image", bytes: encodeRelSize(blocks) });
   }
 
   private async getRelDir(spcOid: number, dbOid: number, mod: DatadirModification): Promise<Set<number>> {
@@ -910,12 +1379,7 @@ export class WalIngest {
 
   /** Drops cached sizes of one database (its rel dir is being replaced). */
   private forgetDbCaches(spcOid: number, dbOid: number): void {
-    for (const key of [...this.relSizes.keys()]) {
-      // relSizeKey layout: namespace(1) spc(4) db(4) ...: compare the (spc, db) bytes
-      const shift = BigInt((18 - 9) * 8);
-      const sd = (key >> shift) & 0xffffffffffffffffn;
-      if (sd === dbDirEntryId(spcOid, dbOid)) this.relSizes.delete(key);
-    }
+    this.relSizes.forgetDb(spcOid, dbOid);
   }
 
   /**

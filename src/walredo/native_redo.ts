@@ -28,6 +28,10 @@
  *   starting offset (older minor releases did not) — one more reason the
  *   helper pins the minor version.
  * - An explicit "zero page" input: the pageserver's relation-extension marker.
+ * - Heap INSERT, MULTI_INSERT and the heap page of VISIBLE (the records of a
+ *   bulk load), in heap_redo.ts, which declines whatever it does not model;
+ *   engineFor still reports them as "helper" records (the helper is their
+ *   authority and the fallback).
  * Everything else goes to the helper; consecutive helper records travel in
  * one request, starting from the current page.
  *
@@ -61,6 +65,7 @@ import {
 } from "../formats/wal/rmgr/multixact.js";
 import { SLRU_PAGE_SIZE_BYTES } from "../formats/wal/rmgr/slru.js";
 import { RM_XACT_ID, XLOG_XACT_OPMASK, completedXid, parseXactRecord } from "../formats/wal/rmgr/xact.js";
+import { applyHeapRecord, isNativeHeapRecord, type HeapRedoOptions } from "./heap_redo.js";
 import type { WalRedoPool } from "./pool.js";
 import { PAGE_SIZE_BYTES, redoRecordOf, type RedoRecord } from "./protocol.js";
 
@@ -84,6 +89,17 @@ export interface ReconstructOptions {
   readonly pool?: WalRedoPool;
   /** Stamp pd_checksum on the result (relation pages of clusters with data checksums). */
   readonly setChecksum?: boolean;
+  /**
+   * The cluster WAL-logs hint bits (data checksums; the helper's stub mirrors
+   * that setting): heap VISIBLE then bumps pd_lsn. Default: `setChecksum`.
+   */
+  readonly hintBitsLogged?: boolean;
+  /**
+   * Replay heap INSERT / MULTI_INSERT / VISIBLE (heap page) in TypeScript
+   * (heap_redo.ts) instead of the helper. Default true; false forces the
+   * helper (tests compare the two).
+   */
+  readonly nativeHeap?: boolean;
 }
 
 const XLOG_XACT_COMMIT = 0x00;
@@ -248,10 +264,28 @@ export async function reconstruct(key: RedoKey, baseImage: Uint8Array | undefine
     helperBatch = [];
   };
 
+  const heapOpts: HeapRedoOptions = { hintBitsLogged: opts.hintBitsLogged ?? opts.setChecksum ?? false };
+  let scratch: Uint8Array | undefined;
+  try {
   for (const raw of inputs) {
     const input: RedoInput = "kind" in raw ? raw : { kind: "wal", record: raw };
-    const engine = engineFor(key, input);
+    // heap inserts of a bulk load first: native when heap_redo.ts models the record (it declines anything
+    // else; engineFor calls them "helper" records, which they are for everything but these routines)
+    const block = key.kind === "rel" && opts.nativeHeap !== false && input.kind === "wal" && (input.record.rmid === RM_HEAP_ID || input.record.rmid === RM_HEAP2_ID)
+      ? targetBlock(key, input.record)
+      : undefined;
+    const engine = block !== undefined && block.image?.apply !== true ? "helper" : engineFor(key, input);
     if (engine === "helper" && input.kind === "wal") {
+      if (block !== undefined && isNativeHeapRecord(input.record, block)) {
+        if (helperBatch.length > 0) await flushHelper();
+        // into a scratch page, then swap: no allocation per record (`page` is always this function's own copy)
+        const next = applyHeapRecord(page, input.record, block, heapOpts, (scratch ??= takePage()));
+        if (next !== undefined) {
+          scratch = page;
+          page = next;
+          continue;
+        }
+      }
       helperBatch.push(redoRecordOf(input.record));
       continue;
     }
@@ -263,7 +297,35 @@ export async function reconstruct(key: RedoKey, baseImage: Uint8Array | undefine
     }
   }
   await flushHelper();
+  } finally {
+    if (scratch !== undefined) recyclePage(scratch);
+  }
   if (!page) throw new StrataError("invalid_argument", `reconstruct ${describeKey(key)}: no base image and no records`);
   if (opts.setChecksum && key.kind === "rel" && !pageIsNew(page)) setPageChecksum(page, key.blockNumber);
   return page;
+}
+
+/**
+ * Recycled 8 KiB pages: reconstruct's scratch pages, and pages callers are
+ * done with (recyclePage). A bulk-load page is two native records, and a
+ * fresh zero-filled page per record (allocated outside the JS heap) made
+ * allocation and GC a large share of a backup's CPU. Bounded; the contents
+ * of a taken page are undefined (heap_redo.ts overwrites every byte).
+ */
+const freePages: Uint8Array[] = [];
+/** 256 x 8 KiB = 2 MiB kept at most: enough for every reconstruction of a backup's runs in flight. */
+const MAX_FREE_PAGES = 256;
+
+function takePage(): Uint8Array {
+  return freePages.pop() ?? new Uint8Array(PAGE_SIZE_BYTES);
+}
+
+/**
+ * Hands a page that `reconstruct` returned back for reuse. The caller must
+ * hold the only reference and not touch it afterwards. Pages that are views
+ * into larger buffers are ignored.
+ */
+export function recyclePage(page: Uint8Array): void {
+  if (page.byteOffset !== 0 || page.byteLength !== PAGE_SIZE_BYTES || page.buffer.byteLength !== PAGE_SIZE_BYTES) return;
+  if (freePages.length < MAX_FREE_PAGES) freePages.push(page);
 }

@@ -106,8 +106,13 @@ test("restores pages with and without a hole for every compression method", () =
       const img = imageOf(page, off, len, method);
       if (method !== "none") assert.ok(img.bytes.length < BLCKSZ);
       assert.deepEqual(restoreFullPageImage(img), page, `${method} hole ${off}+${len}`);
+      // into a reused (dirty) page buffer: same page, the hole zeroed again
+      const scratch = new Uint8Array(BLCKSZ).fill(0xee);
+      assert.equal(restoreFullPageImage(img, undefined, scratch), scratch);
+      assert.deepEqual(scratch, page, `${method} hole ${off}+${len} into a scratch page`);
     }
   }
+  assert.throws(() => restoreFullPageImage(imageOf(pageWithHole(0, 0, 0), 0, 0, "none"), undefined, new Uint8Array(100)), /page buffer of 100 bytes/);
 });
 
 test("restoreBlockImage finds the block and reports missing blocks and images", () => {

@@ -91,8 +91,10 @@ export function compressionOf(bimgInfo: number): FpiCompression {
 /**
  * Restores the 8192-byte page from a block image: decompresses it if needed
  * and re-inserts the hole as zeros. Never returns a view of the record.
+ * With `out` (8192 bytes, e.g. a scratch page reused by a caller that copies
+ * the result at once) the page is written there and `out` is returned.
  */
-export function restoreFullPageImage(image: BlockImage, source?: ImageSource): Uint8Array {
+export function restoreFullPageImage(image: BlockImage, source?: ImageSource, out?: Uint8Array): Uint8Array {
   const at = where(source);
   const fail = (detail: string, cause?: unknown): StrataError =>
     new StrataError("corrupt_data", `could not restore image${at}: ${detail}`, cause === undefined ? undefined : { cause });
@@ -155,11 +157,13 @@ export function restoreFullPageImage(image: BlockImage, source?: ImageSource): U
     }
   }
 
-  const page = new Uint8Array(BLCKSZ);
+  if (out !== undefined && out.length !== BLCKSZ) throw new StrataError("invalid_argument", `page buffer of ${out.length} bytes, expected ${BLCKSZ}`);
+  const page = out ?? new Uint8Array(BLCKSZ);
   if (holeLength === 0) {
     page.set(body);
   } else {
     page.set(body.subarray(0, holeOffset), 0);
+    if (out !== undefined) page.fill(0, holeOffset, holeOffset + holeLength);
     page.set(body.subarray(holeOffset), holeOffset + holeLength);
   }
   return page;
@@ -170,7 +174,7 @@ export function restoreFullPageImage(image: BlockImage, source?: ImageSource): U
  * `blockId` of `record`, failing if the record has no such block or the block
  * carries no image.
  */
-export function restoreBlockImage(record: Pick<DecodedRecord, "lsn" | "blocks">, blockId: number): Uint8Array {
+export function restoreBlockImage(record: Pick<DecodedRecord, "lsn" | "blocks">, blockId: number, out?: Uint8Array): Uint8Array {
   const block = record.blocks.find((b) => b.id === blockId);
   if (block === undefined) {
     throw new StrataError(
@@ -184,7 +188,7 @@ export function restoreBlockImage(record: Pick<DecodedRecord, "lsn" | "blocks">,
       `could not restore image at ${formatLsn(record.lsn)} with invalid state, block ${blockId}`,
     );
   }
-  return restoreFullPageImage(block.image, { lsn: record.lsn, blockId });
+  return restoreFullPageImage(block.image, { lsn: record.lsn, blockId }, out);
 }
 
 /** MAXALIGN of the WAL: record ends as redo sees them (EndRecPtr) are multiples of it. */
@@ -203,8 +207,8 @@ export function redoPageLsn(record: Pick<DecodedRecord, "endLsn">): Lsn {
  * The page as redo leaves it after restoring block `blockId`'s image:
  * restoreBlockImage, then pd_lsn = redoPageLsn(record) unless PageIsNew.
  */
-export function restoreBlockImageForRedo(record: Pick<DecodedRecord, "lsn" | "endLsn" | "blocks">, blockId: number): Uint8Array {
-  const page = restoreBlockImage(record, blockId);
+export function restoreBlockImageForRedo(record: Pick<DecodedRecord, "lsn" | "endLsn" | "blocks">, blockId: number, out?: Uint8Array): Uint8Array {
+  const page = restoreBlockImage(record, blockId, out);
   if (!pageIsNew(page)) setPageLsn(page, redoPageLsn(record));
   return page;
 }

@@ -91,6 +91,14 @@ const ASSEMBLY_INITIAL_BYTES = 2 * XLOG_BLCKSZ;
  * collected) per record dominated decoding time. A slab region is handed out
  * once and never reused; the price is that a record kept alive keeps its
  * slab (at most SLAB_BYTES) alive.
+ *
+ * With `recycleRecordBuffers` (callers that are done with a record before
+ * they ask for the next one, like the pageserver's ingest, which copies what
+ * it keeps) the decoder alternates between two slabs and reuses them instead
+ * of allocating a fresh one per SLAB_BYTES of reassembled records: fresh
+ * memory is zero-filled and, on a VM whose host reclaims free guest pages,
+ * costs a page fault per 4 KiB on first touch — for a WAL stream of mostly
+ * page-crossing records that was a large part of decoding.
  */
 const SLAB_RECORD_MAX_BYTES = 64 * 1024;
 const SLAB_BYTES = 1024 * 1024;
@@ -107,6 +115,14 @@ export interface WalStreamDecoderOptions {
   systemId?: bigint;
   /** Cap on xl_tot_len; default XLOG_RECORD_MAX_SIZE_BYTES. */
   maxRecordBytes?: number;
+  /**
+   * The caller uses each record only until its next call to `next()` (or
+   * copies what it keeps): reassembled records may then live in buffers the
+   * decoder reuses (see SLAB_BYTES). Records that are views of fed chunks
+   * are unaffected (the caller owns the chunks). Default false: records stay
+   * valid for as long as they are referenced.
+   */
+  recycleRecordBuffers?: boolean;
 }
 
 const S_PAGE_HEADER = 0;
@@ -157,6 +173,9 @@ export class WalStreamDecoder {
   private recBuf: Uint8Array = new Uint8Array(0);
   private slab: Uint8Array = new Uint8Array(0);
   private slabUsed = 0;
+  /** With recycleRecordBuffers: the slab used before the current one, taken again when the current one is full. */
+  private spareSlab: Uint8Array | undefined;
+  private readonly recycle: boolean;
 
   private nextRecordPos = 0;
 
@@ -176,6 +195,7 @@ export class WalStreamDecoder {
     this.walSegSizeBytes = seg;
     this.maxRecordBytes = opts.maxRecordBytes ?? XLOG_RECORD_MAX_SIZE_BYTES;
     this.systemId = opts.systemId;
+    this.recycle = opts.recycleRecordBuffers === true;
     this.startPageOff = pageOff;
     this.startNum = Number(startLsn);
     this.startSegOff = Number(startLsn % BigInt(seg));
@@ -348,7 +368,16 @@ export class WalStreamDecoder {
 
   private slabAlloc(n: number): Uint8Array {
     if (this.slab.length - this.slabUsed < n) {
-      this.slab = new Uint8Array(SLAB_BYTES);
+      if (this.recycle) {
+        // Every record in the spare slab was handed out at least a slab's
+        // worth of records ago (a record is at most SLAB_RECORD_MAX_BYTES):
+        // the caller is done with them (see recycleRecordBuffers).
+        const next = this.spareSlab ?? new Uint8Array(SLAB_BYTES);
+        this.spareSlab = this.slab.length === SLAB_BYTES ? this.slab : undefined;
+        this.slab = next;
+      } else {
+        this.slab = new Uint8Array(SLAB_BYTES);
+      }
       this.slabUsed = 0;
     }
     const out = this.slab.subarray(this.slabUsed, this.slabUsed + n);

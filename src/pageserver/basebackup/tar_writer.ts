@@ -52,6 +52,12 @@ export interface TarWriterOptions {
   /** Modification time of every entry (reproducible archives: the caller passes the backup's time). */
   readonly mtime: Date;
   readonly gzip?: boolean | { readonly level?: number };
+  /**
+   * Called with a chunk given to `fileFrom` once the writer no longer needs
+   * it (it was copied into a coalescing buffer); chunks passed through whole
+   * are the output's consumer's to release (basebackup/chunk_pool.ts).
+   */
+  readonly release?: (chunk: Uint8Array) => void;
 }
 
 interface SinkLike {
@@ -164,6 +170,7 @@ export class TarWriter {
             }
             buf.set(chunk, used);
             used += chunk.length;
+            this.opts.release?.(chunk);
           }
           written += used;
           await flush();

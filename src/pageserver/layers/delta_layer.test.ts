@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readdir, readFile, truncate, appendFile, writeFile, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, truncate, appendFile, writeFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { StrataError } from "../../lib/errors.js";
 import { lsn, type Lsn } from "../../lib/lsn.js";
@@ -282,4 +282,31 @@ test("writeKey writes the same 18 bytes as keyToBytes, for extreme and random ke
     assert.equal(b[19], 0xaa);
     assert.equal(readKey(b, 1), k);
   }
+});
+
+test("putEncodedAtNumber writes the same file as putEncoded and refuses LSNs outside the range or inexact", async () => {
+  await withTempDir(async (dir) => {
+    const rng = new Rng(5);
+    const entries = makeEntries(rng, 500, 40, KR, LR);
+    const files: Buffer[] = [];
+    for (const byNumber of [false, true]) {
+      const sub = join(dir, byNumber ? "num" : "big");
+      await mkdir(sub);
+      const w = await DeltaLayerWriter.create({ dir: sub, keyRange: KR, lsnRange: LR });
+      for (const e of entries) {
+        const enc = encodeValue(e.value);
+        const p = byNumber ? w.putEncodedAtNumber(e.key, Number(e.lsn), enc) : w.putEncoded(e.key, e.lsn, enc);
+        if (p !== undefined) await p;
+      }
+      files.push(await readFile((await w.finish()).path));
+    }
+    assert.ok(files[0]!.equals(files[1]!), "same bytes");
+    const w = await DeltaLayerWriter.create({ dir, keyRange: KR, lsnRange: LR });
+    const invalid = (f: () => unknown) => assert.throws(f, (e: unknown) => e instanceof StrataError && e.code === "invalid_argument");
+    const k = (KR.start + 1n) as Key;
+    invalid(() => w.putEncodedAtNumber(k, Number(LR.end), new Uint8Array([1])));
+    invalid(() => w.putEncodedAtNumber(k, Number(LR.start) - 1, new Uint8Array([1])));
+    invalid(() => w.putEncodedAtNumber(k, Number(LR.start) + 0.5, new Uint8Array([1])));
+    await w.abort();
+  });
 });

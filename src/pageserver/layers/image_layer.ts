@@ -19,7 +19,7 @@ import { formatLsn, LSN_MAX, type Lsn } from "../../lib/lsn.js";
 import { formatKey, type Key } from "../key.js";
 import type { IndexPageCache } from "./page_cache.js";
 import { formatLayerFileName, type LayerDesc } from "./layer_name.js";
-import { imageEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, type ReadWindow } from "./layer_file.js";
+import { imageEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, type ReadArena, type ReadWindow, type ScanVisitor } from "./layer_file.js";
 import { formatKeyRange, keyRangeContains, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
 import type { GetValuesOptions, ValueEntry } from "./value.js";
 import type { WrittenLayer } from "./delta_layer.js";
@@ -31,6 +31,9 @@ export interface ImageLayerWriterOptions {
   generation?: number;
   indexPageSizeBytes?: number;
 }
+
+/** Bytes of one page image in a file (value plus its CRC), for read-ahead sizing. */
+const IMAGE_VALUE_BYTES_ESTIMATE = 8192 + 4;
 
 /** Streams (key, image) pairs, keys strictly increasing, into a new image layer file. */
 export class ImageLayerWriter {
@@ -109,6 +112,25 @@ export class ImageLayerReader extends OpenedLayerFile {
     if (!lsnRangeContains(lsnRange, this.lsn)) return [];
     const bytes = await this.getImage(key);
     return bytes === undefined ? [] : [{ key, lsn: this.lsn, value: { kind: "image", bytes } }];
+  }
+
+  /**
+   * Visits every (key, image) with a key in `keyRange` in key order,
+   * synchronously (LayerFileReader.scanSync): the visitor gets the leaf page
+   * and slot of the entry key and a verified view of the image, valid as
+   * long as the caller keeps it (read-ahead buffers are never reused).
+   * `expectedEntries` sizes the read-ahead so a short range reads little more
+   * than it needs; `arena` recycles the read-ahead buffers (the caller then
+   * must not keep the views past its reset). Returns the number visited.
+   */
+  scanImagesSync(keyRange: KeyRange, visit: ScanVisitor, expectedEntries?: number, arena?: ReadArena): number {
+    const from = keyRange.start < this.desc.keyRange.start ? this.desc.keyRange.start : keyRange.start;
+    const to = keyRange.end > this.desc.keyRange.end ? this.desc.keyRange.end : keyRange.end;
+    if (from >= to) return 0;
+    return this.file.scanSync(imageEntryKey(from), imageEntryKey(to), visit, {
+      ...(expectedEntries === undefined ? {} : { expectedValueBytes: expectedEntries * IMAGE_VALUE_BYTES_ESTIMATE }),
+      ...(arena === undefined ? {} : { arena }),
+    });
   }
 
   /** Every (key, image) with a key in `keyRange` (default: all), in key order. */

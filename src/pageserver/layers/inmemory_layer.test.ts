@@ -165,3 +165,52 @@ test("flush groups: any group and read-window size writes the same delta layer (
     }
   });
 });
+
+test("putWal / putWalAt store head ++ body as put would; one record under several keys is written once; slots stand for keys", async () => {
+  await withTempDir(async (dir) => {
+    const a = InMemoryLayer.create({ dir, startLsn: START, writeBufferBytes: 4096 });
+    const b = InMemoryLayer.create({ dir, startLsn: START, writeBufferBytes: 4096 });
+    try {
+      const rng = new Rng(3);
+      const head = new Uint8Array(12);
+      const model: ValueEntry[] = [];
+      let l = START;
+      for (let i = 0; i < 400; i++) {
+        l = lsn(l + BigInt(1 + rng.int(50)));
+        const body = rng.bytes(rng.int(i % 50 === 0 ? 9000 : 300)); // some larger than the write buffer
+        head.set(rng.bytes(12));
+        const engine = rng.pick([undefined, "postgres", "native"] as const);
+        const keys = [...new Set([1 + rng.int(30), 1 + rng.int(30)])].map((k) => BigInt(k) as Key); // one record, one or two blocks
+        for (const key of keys) {
+          const willInit = rng.bool(0.2);
+          const value: Value = { kind: "wal", willInit, rec: new Uint8Array([...head, ...body]), ...(engine === undefined ? {} : { engine }) };
+          a.putWalAt(a.slotOf(key), l, willInit, engine, head, body);
+          b.put(key, l, value);
+          model.push({ key, lsn: l, value });
+        }
+        head.fill(0xaa); // the caller may reuse its header buffer at once
+      }
+      assert.ok(a.valueBytes < b.valueBytes, "records put under two keys with the same flags share their bytes");
+      for (let k = 1; k <= 30; k++) {
+        const key = BigInt(k) as Key;
+        assert.deepEqual(await a.getValues(key, { start: START, end: LSN_MAX as Lsn }), await b.getValues(key, { start: START, end: LSN_MAX as Lsn }));
+      }
+      a.freeze(lsn(l + 1n));
+      const written = await a.writeDeltaLayer(dir);
+      const r = await DeltaLayerReader.open(written.path);
+      const flushed: ValueEntry[] = [];
+      for await (const e of r.iterate()) flushed.push(e);
+      await r.close();
+      model.sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : x.lsn < y.lsn ? -1 : 1));
+      assert.deepEqual(flushed, model);
+      // a duplicate (key, LSN) through a slot is refused like through a key
+      const l2 = lsn(l + 10n);
+      b.putWalAt(b.slotOf(1n as Key), l2, false, undefined, head, new Uint8Array(1));
+      assert.throws(() => b.putWalAt(b.slotOf(1n as Key), l2, false, undefined, head, new Uint8Array(1)), (e: unknown) => e instanceof StrataError && e.code === "invalid_argument");
+      assert.throws(() => a.slotOf(999n as Key), (e: unknown) => e instanceof StrataError && e.code === "invalid_argument", "frozen");
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+});

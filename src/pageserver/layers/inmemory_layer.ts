@@ -11,11 +11,30 @@
  *
  * Memory stays bounded although the name says "in memory": value bytes are
  * appended to an ephemeral file (through a small write buffer) and only an
- * index stays in the JavaScript heap — per key, a packed array of
- * (LSN offset from startLsn, file offset, length) triples, about 24 bytes per
- * version however large the value. The ephemeral file is never fsynced: after
- * a crash the layer's content is re-ingested from WAL above the timeline's
- * disk-consistent LSN, and the file (`ephemeral-*.tmp`) is garbage.
+ * index stays in the JavaScript heap. The index is batch-shaped, with no
+ * object per version: each distinct key gets a dense slot number (one Map
+ * from key to slot), and versions are rows of four typed arrays — LSN offset
+ * from startLsn, file offset, length, and the row of the key's previous
+ * version — so a key's versions form a chain from its newest row (`slotHead`)
+ * back to its oldest. About 24 bytes per version however large the value,
+ * nothing for the garbage collector to trace per put, and the arrays grow by
+ * doubling. The ephemeral file is never fsynced: after a crash the layer's
+ * content is re-ingested from WAL above the timeline's disk-consistent LSN,
+ * and the file (`ephemeral-*.tmp`) is garbage.
+ *
+ * Why a file rather than large reused memory buffers: on the test VM (and any
+ * host that reclaims a guest's free pages) fresh process memory costs ~4-10
+ * ms per MiB on first touch, and memory freed after a flush is handed back,
+ * so every layer would pay again; the OS page cache behind the file is
+ * shared and recycled by the kernel, and one write per filled buffer costs
+ * tens of microseconds.
+ *
+ * WAL records are put with `putWal`: the value's two-byte prefix and the
+ * caller's record header are written straight into the write buffer followed
+ * by the record bytes, without building an intermediate value. A record
+ * stored under several keys (one per block it touches) is written once when
+ * its prefix is the same: the rows share the file bytes (values are never
+ * modified, so sharing is invisible to readers and to the flush).
  *
  * Writes are synchronous (`writeSync` into the OS page cache, one call per
  * filled write buffer): `put` then needs no promise per record, ingest order
@@ -40,7 +59,9 @@
  *
  * Invariants: LSNs of puts never decrease; (key, LSN) is unique; every LSN is
  * in [startLsn, endLsn) once frozen. A value is entirely in the file or
- * entirely in the write buffer, never split.
+ * entirely in the write buffer, never split. File offsets never decrease with
+ * the row number (rows are appended in put order; a shared value's offset is
+ * that of an earlier row), so sorting row numbers sorts by file offset.
  */
 import { closeSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
@@ -51,7 +72,9 @@ import { DeltaLayerWriter, type WrittenLayer } from "./delta_layer.js";
 import { MAX_VALUE_BYTES } from "./layer_file.js";
 import type { LayerDesc } from "./layer_name.js";
 import { FULL_KEY_RANGE, LSN_UNBOUNDED, type KeyRange, type LsnRange } from "./range.js";
-import { decodeValue, encodedValueSize, encodeValue, encodeValueInto, isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
+import {
+  decodeValue, encodedValueSize, encodeValue, encodeValueInto, isBase, WAL_OVERHEAD_BYTES, type GetValuesOptions, type RedoEngine, type Value, type ValueEntry,
+} from "./value.js";
 
 /** Write buffer: 256 KiB amortizes syscalls over ~30 page images or thousands of small records. */
 export const DEFAULT_INMEMORY_WRITE_BUFFER_BYTES = 256 * 1024;
@@ -61,6 +84,18 @@ export const FLUSH_GROUP_BYTES = 16 * 1024 * 1024;
 export const FLUSH_READ_CHUNK_BYTES = 1024 * 1024;
 /** Kept flush buffers unused this long are released (the next flush allocates again). */
 export const FLUSH_BUFFER_IDLE_MS = 30_000;
+/**
+ * Largest gap between two values one read of the flush sweep covers: a
+ * positioned read costs a few microseconds, about what copying this many
+ * bytes of the OS page cache costs.
+ */
+const FLUSH_RUN_GAP_BYTES = 32 * 1024;
+/** Values up to this size are copied by a loop in the flush sweep (a native copy's call costs more). */
+const SMALL_COPY_BYTES = 64;
+/** Initial rows of the version index (grows by doubling): small layers stay small. */
+const INITIAL_ROWS = 1024;
+/** Initial key slots (grows by doubling). */
+const INITIAL_SLOTS = 256;
 
 interface FlushBuffers {
   readonly group: Buffer;
@@ -95,10 +130,74 @@ class FlushBufferPool {
 
 const flushBufferPool = new FlushBufferPool();
 
-/** Rough heap cost of one index triple (three doubles); part of the size estimate. */
+/** The version index's row arrays (see the module comment). */
+interface RowArrays {
+  readonly lsn: Float64Array;
+  readonly off: Float64Array;
+  readonly len: Int32Array;
+  readonly prev: Int32Array;
+}
+
+/** Largest row arrays kept for the next layer: 1M rows, 24 MiB. */
+const KEPT_ROWS_MAX = 1 << 20;
+
+/**
+ * The row arrays of the last closed layer, for the next layer to start with
+ * (their first touch is paid once, not per layer); released after
+ * FLUSH_BUFFER_IDLE_MS unused.
+ */
+class RowArrayPool {
+  private kept: RowArrays | undefined;
+  private timer: NodeJS.Timeout | undefined;
+
+  take(): RowArrays {
+    const k = this.kept;
+    this.kept = undefined;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    return k ?? { lsn: new Float64Array(INITIAL_ROWS), off: new Float64Array(INITIAL_ROWS), len: new Int32Array(INITIAL_ROWS), prev: new Int32Array(INITIAL_ROWS) };
+  }
+
+  give(rows: RowArrays): void {
+    if (rows.lsn.length > KEPT_ROWS_MAX || (this.kept !== undefined && this.kept.lsn.length >= rows.lsn.length)) return;
+    this.kept = rows;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.kept = undefined;
+    }, FLUSH_BUFFER_IDLE_MS);
+    this.timer.unref();
+  }
+}
+
+const rowArrayPool = new RowArrayPool();
+
+/** Rough heap cost of one index row (LSN, offset, length, previous row); part of the size estimate. */
 const INDEX_BYTES_PER_ENTRY = 24;
-/** Rough heap cost of one distinct key (map entry, bigint, array header). */
+/** Rough heap cost of one distinct key (map entry, bigint, slot arrays). */
 const INDEX_BYTES_PER_KEY = 96;
+
+/** The two bytes value.ts puts in front of a WAL record, per (willInit, engine): flags are computed once, by value.ts itself. */
+const WAL_PREFIX = new Map<string, Uint8Array>();
+function walPrefix(willInit: boolean, engine: RedoEngine | undefined): Uint8Array {
+  const id = `${willInit ? 1 : 0}${engine ?? ""}`;
+  let p = WAL_PREFIX.get(id);
+  if (p === undefined) {
+    p = encodeValue(engine === undefined ? { kind: "wal", willInit, rec: new Uint8Array(0) } : { kind: "wal", willInit, rec: new Uint8Array(0), engine });
+    assert(p.length === WAL_OVERHEAD_BYTES, "WAL value prefix is two bytes");
+    WAL_PREFIX.set(id, p);
+  }
+  return p;
+}
+/** The prefixes by (engine code, willInit): the hot path indexes them instead of building the map key. */
+const PREFIXES: readonly Uint8Array[] = [
+  walPrefix(false, undefined), walPrefix(true, undefined),
+  walPrefix(false, "postgres"), walPrefix(true, "postgres"),
+  walPrefix(false, "native"), walPrefix(true, "native"),
+];
+function prefixOf(willInit: boolean, engine: RedoEngine | undefined): Uint8Array {
+  return PREFIXES[(engine === undefined ? 0 : engine === "postgres" ? 2 : 4) + (willInit ? 1 : 0)]!;
+}
 
 export interface InMemoryLayerOptions {
   /** Directory for the ephemeral file (the timeline's directory). */
@@ -117,18 +216,44 @@ export class InMemoryLayer {
   private bufLen = 0;
   /** Bytes already written to the file; the buffer holds file offsets [fileLen, fileLen + bufLen). */
   private fileLen = 0;
-  /** key -> packed triples [lsn - startLsn, offset, length, ...] in LSN order. */
-  private readonly index = new Map<Key, number[]>();
+
+  // ---- the index (see the module comment)
+  /** key -> slot. */
+  private readonly slots = new Map<Key, number>();
+  /** slot -> key. */
+  private slotKeys: Key[] = [];
+  /** slot -> newest row of the key. */
+  private slotHead = new Int32Array(INITIAL_SLOTS);
+  /** Per row: LSN - startLsn, file offset, value length, previous row of the same key (-1: none). */
+  private rowLsn: Float64Array;
+  private rowOff: Float64Array;
+  private rowLen: Int32Array;
+  private rowPrev: Int32Array;
   private entryCount = 0;
+
   private lastLsn: Lsn | undefined;
+  /** lastLsn - startLsn as a number (puts of one record share their LSN: converted once). */
+  private lastRel = -1;
   private endLsn: Lsn | undefined;
   private closed = false;
+
+  /** The last WAL value written by putWal, for sharing its bytes with the record's other keys. */
+  private lastWalBody: Uint8Array | undefined;
+  private readonly lastWalHead = new Uint8Array(16);
+  private lastWalHeadLen = -1;
+  private lastWalPrefix: Uint8Array | undefined;
+  private lastWalOff = -1;
 
   private constructor(opts: InMemoryLayerOptions, path: string, fd: number) {
     this.startLsn = opts.startLsn;
     this.path = path;
     this.fd = fd;
     this.buf = Buffer.allocUnsafe(opts.writeBufferBytes ?? DEFAULT_INMEMORY_WRITE_BUFFER_BYTES);
+    const rows = rowArrayPool.take();
+    this.rowLsn = rows.lsn;
+    this.rowOff = rows.off;
+    this.rowLen = rows.len;
+    this.rowPrev = rows.prev;
   }
 
   static create(opts: InMemoryLayerOptions): InMemoryLayer {
@@ -157,7 +282,7 @@ export class InMemoryLayer {
   }
 
   get keyCount(): number {
-    return this.index.size;
+    return this.slots.size;
   }
 
   /** Bytes of values appended (the ephemeral file's size, buffer included). */
@@ -167,7 +292,7 @@ export class InMemoryLayer {
 
   /** Estimated total footprint (file + heap index): what the checkpoint-distance trigger compares. */
   get sizeBytes(): number {
-    return this.valueBytes + this.entryCount * INDEX_BYTES_PER_ENTRY + this.index.size * INDEX_BYTES_PER_KEY;
+    return this.valueBytes + this.entryCount * INDEX_BYTES_PER_ENTRY + this.slots.size * INDEX_BYTES_PER_KEY;
   }
 
   /** Highest LSN put so far. */
@@ -177,44 +302,165 @@ export class InMemoryLayer {
 
   /** Appends one version, encoded straight into the write buffer. LSNs must not decrease; (key, LSN) must be new. */
   put(key: Key, lsn: Lsn, value: Value): void {
-    this.putChecked(key, lsn, encodedValueSize(value), value);
+    this.putAt(this.slotOf(key), lsn, value);
+  }
+
+  /**
+   * The slot number of `key` in this layer (created, without versions, when
+   * new): `putAt` / `putWalAt` take it instead of the key, so a caller that
+   * remembers slots by its own cheap identifiers (ingest: per relation fork
+   * and block number) spares the bigint key and its lookup per version.
+   * Slots are valid for this layer only.
+   */
+  slotOf(key: Key): number {
+    let slot = this.slots.get(key);
+    if (slot === undefined) {
+      assert(!this.closed, "put on a closed in-memory layer");
+      if (this.endLsn !== undefined) {
+        throw new StrataError("invalid_argument", `In-memory layer at ${formatLsn(this.startLsn)} is frozen; cannot add key ${formatKey(key)}`);
+      }
+      slot = this.slots.size;
+      if (slot === this.slotHead.length) {
+        const grown = new Int32Array(slot * 2);
+        grown.set(this.slotHead);
+        this.slotHead = grown;
+      }
+      this.slotHead[slot] = -1;
+      this.slotKeys.push(key);
+      this.slots.set(key, slot);
+    }
+    return slot;
+  }
+
+  /** `put` by slot (slotOf). */
+  putAt(slot: number, lsn: Lsn, value: Value): void {
+    const size = encodedValueSize(value);
+    this.checkPut(slot, lsn, size);
+    this.addRow(slot, this.append(value, size), size);
   }
 
   /** Appends one version already in value.ts encoding. */
   putEncoded(key: Key, lsn: Lsn, encoded: Uint8Array): void {
-    this.putChecked(key, lsn, encoded.length, encoded);
+    const slot = this.slotOf(key);
+    this.checkPut(slot, lsn, encoded.length);
+    this.addRow(slot, this.append(encoded, encoded.length), encoded.length);
   }
 
-  /** `put`'s checks and bookkeeping; `v` is the value, or its encoding (`size` bytes). */
-  private putChecked(key: Key, lsn: Lsn, size: number, v: Value | Uint8Array): void {
+  /**
+   * Appends a WAL-record version whose record bytes are `head` followed by
+   * `body` (the same value as put(key, lsn, { kind: "wal", willInit, engine,
+   * rec: head ++ body })), without materializing the concatenation. When the
+   * previous putWal had the same LSN, body (same object), head bytes and
+   * flags, the new version shares its bytes. `head` may be reused by the
+   * caller afterwards.
+   */
+  putWal(key: Key, lsn: Lsn, willInit: boolean, engine: RedoEngine | undefined, head: Uint8Array, body: Uint8Array): void {
+    this.putWalAt(this.slotOf(key), lsn, willInit, engine, head, body);
+  }
+
+  /** `putWal` by slot (slotOf). */
+  putWalAt(slot: number, lsn: Lsn, willInit: boolean, engine: RedoEngine | undefined, head: Uint8Array, body: Uint8Array): void {
+    const size = WAL_OVERHEAD_BYTES + head.length + body.length;
+    this.checkPut(slot, lsn, size);
+    const prefix = prefixOf(willInit, engine);
+    if (body === this.lastWalBody && prefix === this.lastWalPrefix && lsn === this.lastLsn && this.sameHead(head)) {
+      this.addRow(slot, this.lastWalOff, size);
+      return;
+    }
+    let offset: number;
+    if (this.bufLen + size > this.buf.length) this.flushBuffer();
+    if (size > this.buf.length) {
+      offset = this.fileLen;
+      const whole = new Uint8Array(size);
+      whole.set(prefix, 0);
+      whole.set(head, WAL_OVERHEAD_BYTES);
+      whole.set(body, WAL_OVERHEAD_BYTES + head.length);
+      this.writeFullySync(whole, this.fileLen);
+      this.fileLen += size;
+    } else {
+      offset = this.fileLen + this.bufLen;
+      const b = this.buf;
+      let at = this.bufLen;
+      b[at] = prefix[0]!;
+      b[at + 1] = prefix[1]!;
+      at += WAL_OVERHEAD_BYTES;
+      for (let i = 0; i < head.length; i++) b[at + i] = head[i]!;
+      b.set(body, at + head.length);
+      this.bufLen += size;
+    }
+    this.addRow(slot, offset, size);
+    this.lastWalBody = body;
+    this.lastWalPrefix = prefix;
+    this.lastWalOff = offset;
+    if (head.length <= this.lastWalHead.length) {
+      this.lastWalHead.set(head);
+      this.lastWalHeadLen = head.length;
+    } else {
+      this.lastWalHeadLen = -1;
+    }
+  }
+
+  private sameHead(head: Uint8Array): boolean {
+    if (head.length !== this.lastWalHeadLen) return false;
+    for (let i = 0; i < head.length; i++) if (head[i] !== this.lastWalHead[i]) return false;
+    return true;
+  }
+
+  /** put's checks for a version of `slot` at `lsn` of `size` bytes. */
+  private checkPut(slot: number, lsn: Lsn, size: number): void {
     assert(!this.closed, "put on a closed in-memory layer");
+    if (!(slot >= 0 && slot < this.slots.size)) assert(false, `in-memory layer: no slot ${slot}`);
     if (this.endLsn !== undefined) {
       throw new StrataError("invalid_argument", `In-memory layer at ${formatLsn(this.startLsn)} is frozen; cannot put at ${formatLsn(lsn)}`);
     }
-    if (lsn < this.startLsn || (this.lastLsn !== undefined && lsn < this.lastLsn)) {
-      throw new StrataError(
-        "invalid_argument",
-        `In-memory layer: put at ${formatLsn(lsn)} is below ${formatLsn(this.lastLsn ?? this.startLsn)} (puts must arrive in LSN order)`,
-      );
+    if (lsn !== this.lastLsn) {
+      if (lsn < this.startLsn || (this.lastLsn !== undefined && lsn < this.lastLsn)) {
+        throw new StrataError(
+          "invalid_argument",
+          `In-memory layer: put at ${formatLsn(lsn)} is below ${formatLsn(this.lastLsn ?? this.startLsn)} (puts must arrive in LSN order)`,
+        );
+      }
+      const relBig = lsn - this.startLsn;
+      if (relBig > BigInt(Number.MAX_SAFE_INTEGER)) assert(false, "in-memory layer spans more than 2^53 bytes of WAL");
+      this.lastRel = Number(relBig);
+      this.lastLsn = lsn;
+      this.lastWalBody = undefined;
     }
     if (size > MAX_VALUE_BYTES) {
       throw new StrataError("invalid_argument", `In-memory layer: value of ${size} bytes exceeds ${MAX_VALUE_BYTES}`);
     }
-    let triples = this.index.get(key);
-    const relBig = lsn - this.startLsn;
-    assert(relBig <= BigInt(Number.MAX_SAFE_INTEGER), "in-memory layer spans more than 2^53 bytes of WAL");
-    const rel = Number(relBig);
-    if (triples !== undefined && triples[triples.length - 3] === rel) {
-      throw new StrataError("invalid_argument", `In-memory layer: duplicate version of ${formatKey(key)} at ${formatLsn(lsn)}`);
+    const head = this.slotHead[slot]!;
+    if (head >= 0 && this.rowLsn[head] === this.lastRel) {
+      throw new StrataError("invalid_argument", `In-memory layer: duplicate version of ${formatKey(this.slotKeys[slot]!)} at ${formatLsn(lsn)}`);
     }
-    const offset = this.append(v, size);
-    if (triples === undefined) {
-      triples = [];
-      this.index.set(key, triples);
-    }
-    triples.push(rel, offset, size);
-    this.entryCount++;
-    this.lastLsn = lsn;
+  }
+
+  /** Records a version of `slot` at lastRel whose bytes are at `offset`. */
+  private addRow(slot: number, offset: number, size: number): void {
+    const row = this.entryCount;
+    if (row === this.rowLsn.length) this.growRows();
+    this.rowLsn[row] = this.lastRel;
+    this.rowOff[row] = offset;
+    this.rowLen[row] = size;
+    this.rowPrev[row] = this.slotHead[slot]!;
+    this.slotHead[slot] = row;
+    this.entryCount = row + 1;
+  }
+
+  private growRows(): void {
+    const n = this.rowLsn.length * 2;
+    const lsns = new Float64Array(n);
+    lsns.set(this.rowLsn);
+    this.rowLsn = lsns;
+    const offs = new Float64Array(n);
+    offs.set(this.rowOff);
+    this.rowOff = offs;
+    const lens = new Int32Array(n);
+    lens.set(this.rowLen);
+    this.rowLen = lens;
+    const prevs = new Int32Array(n);
+    prevs.set(this.rowPrev);
+    this.rowPrev = prevs;
   }
 
   /** Makes the layer read-only, covering [startLsn, endLsn). */
@@ -230,21 +476,33 @@ export class InMemoryLayer {
 
   /** The versions of `key` with LSN in `lsnRange`, newest first. */
   async getValues(key: Key, lsnRange: LsnRange, opts: GetValuesOptions = {}): Promise<ValueEntry[]> {
-    const triples = this.index.get(key);
-    if (triples === undefined) return [];
+    // (a closed layer's row arrays may already serve another layer)
+    assert(!this.closed, "read of a closed in-memory layer");
+    const slot = this.slots.get(key);
+    if (slot === undefined) return [];
     const start = lsnMax(lsnRange.start, this.startLsn);
     const end = lsnMin(lsnRange.end, this.endLsn ?? LSN_UNBOUNDED);
     const out: ValueEntry[] = [];
-    for (let i = triples.length - 3; i >= 0; i -= 3) {
-      const l = (this.startLsn + BigInt(triples[i]!)) as Lsn;
+    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) {
+      const l = (this.startLsn + BigInt(this.rowLsn[row]!)) as Lsn;
       if (l >= end) continue;
       if (l < start) break;
-      const bytes = await this.readValue(triples[i + 1]!, triples[i + 2]!);
-      const value = decodeValue(bytes, `ephemeral file ${this.path} offset ${triples[i + 1]}`);
+      const offset = this.rowOff[row]!;
+      const bytes = this.readValue(offset, this.rowLen[row]!);
+      const value = decodeValue(bytes, `ephemeral file ${this.path} offset ${offset}`);
       out.push({ key, lsn: l, value });
       if (opts.stopAtBase === true && isBase(value)) break;
     }
     return out;
+  }
+
+  /** Rows of `slot`, oldest first, into `out` from `at`; returns the count. */
+  private rowsOf(slot: number, out: Int32Array, at: number): number {
+    let n = 0;
+    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) n++;
+    let i = at + n - 1;
+    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) out[i--] = row;
+    return n;
   }
 
   /**
@@ -258,6 +516,7 @@ export class InMemoryLayer {
     opts: { keyRange?: KeyRange; generation?: number; indexPageSizeBytes?: number; signal?: AbortSignal; groupBytes?: number; readChunkBytes?: number } = {},
   ): Promise<WrittenLayer> {
     if (this.endLsn === undefined) throw new StrataError("invalid_argument", "Cannot flush an in-memory layer that is not frozen");
+    assert(!this.closed, "flush of a closed in-memory layer");
     const writer = await DeltaLayerWriter.create({
       dir,
       keyRange: opts.keyRange ?? FULL_KEY_RANGE,
@@ -270,27 +529,44 @@ export class InMemoryLayer {
       ? { group: Buffer.allocUnsafe(opts.groupBytes ?? FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(opts.readChunkBytes ?? FLUSH_READ_CHUNK_BYTES) }
       : flushBufferPool.acquire();
     try {
-      const keys = [...this.index.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      // Slots in key order; per slot its value bytes (the group planning below sums them).
+      const nslots = this.slots.size;
+      const order = new Int32Array(nslots);
+      for (let i = 0; i < nslots; i++) order[i] = i;
+      const keys = this.slotKeys;
+      order.sort((a, b) => (keys[a]! < keys[b]! ? -1 : 1));
+      const slotBytes = new Float64Array(nslots);
+      const slotRows = new Int32Array(nslots);
+      for (let s = 0; s < nslots; s++) {
+        let sum = 0;
+        let n = 0;
+        for (let row = this.slotHead[s]!; row >= 0; row = this.rowPrev[row]!) {
+          sum += this.rowLen[row]!;
+          n++;
+        }
+        slotBytes[s] = sum;
+        slotRows[s] = n;
+      }
+      const exactLsn = this.endLsn <= BigInt(Number.MAX_SAFE_INTEGER);
+      const rowSlot = new Int32Array(this.entryCount);
       let k = 0;
-      while (k < keys.length) {
+      while (k < nslots) {
         if (opts.signal?.aborted === true) {
           throw new StrataError("cancelled", `Flush of in-memory layer at ${formatLsn(this.startLsn)} cancelled`, { cause: opts.signal.reason });
         }
-        // The group: keys [k, end) whose values fit the group buffer (at least one key).
+        // The group: slots order[k, end) whose values fit the group buffer (at least one key).
         let end = k;
         let total = 0;
         let count = 0;
-        while (end < keys.length) {
-          const triples = this.index.get(keys[end]!)!;
-          let sum = 0;
-          for (let i = 2; i < triples.length; i += 3) sum += triples[i]!;
-          if (end > k && total + sum > bufs.group.length) break;
-          total += sum;
-          count += triples.length / 3;
+        while (end < nslots) {
+          const s = order[end]!;
+          if (end > k && total + slotBytes[s]! > bufs.group.length) break;
+          total += slotBytes[s]!;
+          count += slotRows[s]!;
           end++;
         }
-        if (total > bufs.group.length) await this.writeKeyValueByValue(writer, keys[k]!);
-        else await this.writeGroup(writer, keys, k, end, count, bufs);
+        if (total > bufs.group.length) await this.writeKeyValueByValue(writer, order[k]!, exactLsn);
+        else await this.writeGroup(writer, order, k, end, count, bufs, rowSlot, exactLsn);
         k = end;
       }
       return await writer.finish();
@@ -302,66 +578,102 @@ export class InMemoryLayer {
     }
   }
 
-  /** Reads the values of keys[from, to) (`count` of them) in file order into the group buffer, then writes them in key order. */
-  private async writeGroup(writer: DeltaLayerWriter, keys: Key[], from: number, to: number, count: number, bufs: FlushBuffers): Promise<void> {
-    const { group, chunk } = bufs;
-    const offs = new Float64Array(count);
-    const lens = new Float64Array(count);
-    const slots = new Float64Array(count);
+  /** Puts one row's value into the delta writer (the LSN as a number when exact). */
+  private putRow(writer: DeltaLayerWriter, key: Key, row: number, value: Uint8Array, exactLsn: boolean): Promise<void> | undefined {
+    const rel = this.rowLsn[row]!;
+    if (exactLsn) return writer.putEncodedAtNumber(key, Number(this.startLsn) + rel, value);
+    return writer.putEncoded(key, (this.startLsn + BigInt(rel)) as Lsn, value);
+  }
+
+  /**
+   * Reads the values of the slots order[from, to) (`count` rows) in file
+   * order into the group buffer, then writes them in key order. `rowSlot`
+   * (one element per row of the layer, reused across groups) maps a row to
+   * its place in the group buffer.
+   */
+  private async writeGroup(
+    writer: DeltaLayerWriter, order: Int32Array, from: number, to: number, count: number, bufs: FlushBuffers, rowSlot: Int32Array, exactLsn: boolean,
+  ): Promise<void> {
+    const { chunk } = bufs;
+    const group = new Uint8Array(bufs.group.buffer, bufs.group.byteOffset, bufs.group.length);
+    const chunkU8 = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
+    // Rows in key order (oldest first per key), each given its place in the group buffer.
+    const rows = new Int32Array(count);
     let n = 0;
+    for (let k = from; k < to; k++) n += this.rowsOf(order[k]!, rows, n);
     let slot = 0;
-    for (let k = from; k < to; k++) {
-      const triples = this.index.get(keys[k]!)!;
-      for (let i = 0; i < triples.length; i += 3) {
-        offs[n] = triples[i + 1]!;
-        lens[n] = triples[i + 2]!;
-        slots[n] = slot;
-        slot += triples[i + 2]!;
-        n++;
-      }
+    for (let i = 0; i < count; i++) {
+      const row = rows[i]!;
+      rowSlot[row] = slot;
+      slot += this.rowLen[row]!;
     }
-    const order = new Uint32Array(count);
-    for (let i = 0; i < count; i++) order[i] = i;
-    order.sort((a, b) => offs[a]! - offs[b]!);
-    // Sweep: each read starts at the next wanted value and covers every wanted value that ends inside it.
+    // File order = row order (see the invariants): a plain numeric sort, no comparator.
+    const byFile = rows.slice().sort();
+    // Sweep in file order, in runs: a run starts at the next wanted value and
+    // takes the following ones while the gap to each is at most
+    // FLUSH_RUN_GAP_BYTES and the run fits the read window. A run of one
+    // value is read straight into its place in the group buffer; a longer
+    // one into the window, and its values copied out. (Skipping the bytes of
+    // other groups' values between runs keeps each group's pass over the
+    // file from reading all of it.)
     let p = 0;
     while (p < count) {
-      const first = order[p]!;
-      const start = offs[first]!;
-      if (lens[first]! > chunk.length) {
-        this.readValueSync(start, lens[first]!, group.subarray(slots[first]!, slots[first]! + lens[first]!));
-        p++;
+      const first = byFile[p]!;
+      const start = this.rowOff[first]!;
+      let end = start + this.rowLen[first]!;
+      let q = p + 1;
+      while (q < count) {
+        const o = this.rowOff[byFile[q]!]!;
+        const e = Math.max(end, o + this.rowLen[byFile[q]!]!);
+        if (o - end > FLUSH_RUN_GAP_BYTES || e - start > chunk.length) break;
+        end = e;
+        q++;
+      }
+      if (q === p + 1) {
+        const at = rowSlot[first]!;
+        this.readValueSync(start, end - start, bufs.group.subarray(at, end - start + at));
+        p = q;
         continue;
       }
-      const readLen = Math.min(chunk.length, this.fileLen - start);
-      this.readValueSync(start, readLen, chunk);
-      while (p < count) {
-        const q = order[p]!;
-        const rel = offs[q]! - start;
-        if (rel + lens[q]! > readLen) break;
-        chunk.copy(group, slots[q]!, rel, rel + lens[q]!);
-        p++;
+      this.readValueSync(start, end - start, chunk);
+      for (; p < q; p++) {
+        const r = byFile[p]!;
+        const rel = this.rowOff[r]! - start;
+        const len = this.rowLen[r]!;
+        const to = rowSlot[r]!;
+        if (len > SMALL_COPY_BYTES) group.set(chunkU8.subarray(rel, rel + len), to);
+        else for (let i = 0; i < len; i++) group[to + i] = chunkU8[rel + i]!;
       }
     }
-    let j = 0;
+    let i = 0;
     for (let k = from; k < to; k++) {
-      const key = keys[k]!;
-      const triples = this.index.get(key)!;
-      for (let i = 0; i < triples.length; i += 3, j++) {
-        const pending = writer.putEncoded(key, (this.startLsn + BigInt(triples[i]!)) as Lsn, group.subarray(slots[j]!, slots[j]! + lens[j]!));
+      const s = order[k]!;
+      const key = this.slotKeys[s]!;
+      for (let last = i + this.rowCount(s); i < last; i++) {
+        const row = rows[i]!;
+        const at = rowSlot[row]!;
+        const pending = this.putRow(writer, key, row, group.subarray(at, at + this.rowLen[row]!), exactLsn);
         if (pending !== undefined) await pending;
       }
     }
   }
 
+  private rowCount(slot: number): number {
+    let n = 0;
+    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) n++;
+    return n;
+  }
+
   /** Writes the versions of one key too large for a group, one pread per value. */
-  private async writeKeyValueByValue(writer: DeltaLayerWriter, key: Key): Promise<void> {
-    const triples = this.index.get(key)!;
+  private async writeKeyValueByValue(writer: DeltaLayerWriter, slot: number, exactLsn: boolean): Promise<void> {
+    const rows = new Int32Array(this.rowCount(slot));
+    this.rowsOf(slot, rows, 0);
+    const key = this.slotKeys[slot]!;
     let scratch = Buffer.allocUnsafe(0);
-    for (let i = 0; i < triples.length; i += 3) {
-      const len = triples[i + 2]!;
+    for (const row of rows) {
+      const len = this.rowLen[row]!;
       if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
-      const pending = writer.putEncoded(key, (this.startLsn + BigInt(triples[i]!)) as Lsn, this.readValueSync(triples[i + 1]!, len, scratch));
+      const pending = this.putRow(writer, key, row, this.readValueSync(this.rowOff[row]!, len, scratch), exactLsn);
       if (pending !== undefined) await pending;
     }
   }
@@ -370,6 +682,7 @@ export class InMemoryLayer {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    rowArrayPool.give({ lsn: this.rowLsn, off: this.rowOff, len: this.rowLen, prev: this.rowPrev });
     closeSync(this.fd);
     try {
       unlinkSync(this.path);
@@ -410,7 +723,7 @@ export class InMemoryLayer {
   }
 
   /** A copy of the value at `offset` (from the buffer or the file). Synchronous pread: see layer_file.ts. */
-  private async readValue(offset: number, length: number): Promise<Uint8Array> {
+  private readValue(offset: number, length: number): Uint8Array {
     if (offset >= this.fileLen) {
       const from = offset - this.fileLen;
       return new Uint8Array(this.buf.subarray(from, from + length)); // a copy: the buffer is reused

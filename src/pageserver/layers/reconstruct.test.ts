@@ -8,7 +8,8 @@ import { InMemoryLayer } from "./inmemory_layer.js";
 import { PersistentLayer, type Layer } from "./layer.js";
 import type { LayerDesc } from "./layer_name.js";
 import { LayerMap } from "./layer_map.js";
-import { collectReconstructData, type ReconstructData } from "./reconstruct.js";
+import { ReadArena } from "./layer_file.js";
+import { collectReconstructData, collectReconstructDataRange, type ReconstructData } from "./reconstruct.js";
 import { FULL_KEY_RANGE, keyRangeContains, LSN_UNBOUNDED, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
 import { Rng, withTempDir } from "./test_support.js";
 import { isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
@@ -156,6 +157,36 @@ async function checkQueries(rng: Rng, map: LayerMap, history: Version[], keys: n
   return stops;
 }
 
+/**
+ * Range reads answer exactly what per-key walks answer: same base image,
+ * records, stop and floor for every key of random runs (some reaching past
+ * the last key), with the reads shared per layer.
+ */
+async function checkRangeQueries(rng: Rng, map: LayerMap, keys: number, maxLsn: number, queries: number, arena?: ReadArena): Promise<Map<string, number>> {
+  const stops = new Map<string, number>();
+  for (let q = 0; q < queries; q++) {
+    const first = rng.int(keys + 2);
+    const count = 1 + rng.int(keys);
+    const at = lsn(rng.int(maxLsn + 20));
+    const got = await collectReconstructDataRange(map, BigInt(first) as Key, count, at, arena === undefined ? {} : { arena });
+    assert.equal(got.length, count);
+    for (let i = 0; i < count; i++) {
+      const key = BigInt(first + i) as Key;
+      const want = await collectReconstructData(map, key, at);
+      const g = got[i]!;
+      stops.set(g.stop, (stops.get(g.stop) ?? 0) + 1);
+      const where = `range ${first}+${count} at ${at}: key ${key}`;
+      assert.equal(g.stop, want.stop, where);
+      assert.deepEqual(g.image, want.image, where);
+      assert.deepEqual(g.records, want.records, where);
+      assert.equal(g.continueBelowLsn, want.continueBelowLsn, where);
+      assert.equal(g.layersVisited, want.layersVisited.length, where);
+    }
+    arena?.reset();
+  }
+  return stops;
+}
+
 test("randomized histories: reconstruct data replays to the same page as a replay from scratch", async () => {
   const KEYS = 40;
   const MAX_LSN = 3000;
@@ -181,6 +212,8 @@ test("randomized histories: reconstruct data replays to the same page as a repla
     map.setOpenLayer(new ModelLayer({ kind: "delta", keyRange: FULL_KEY_RANGE, lsnRange: openRange }, entriesIn(history, FULL_KEY_RANGE, openRange)));
     const stops = await checkQueries(rng, map, history, KEYS, MAX_LSN, 3000);
     for (const s of ["image", "will_init", "history_end"]) assert.ok((stops.get(s) ?? 0) > 0, `seed ${seed}: no walk ended with ${s}: ${JSON.stringify([...stops])}`);
+    const rangeStops = await checkRangeQueries(rng, map, KEYS, MAX_LSN, 200);
+    for (const s of ["image", "will_init", "history_end"]) assert.ok((rangeStops.get(s) ?? 0) > 0, `seed ${seed}: no range walk ended with ${s}`);
   }
 });
 
@@ -223,6 +256,10 @@ test("the same over real files: flushed in-memory layers, level-1 deltas, image 
     try {
       const stops = await checkQueries(rng, map, history, KEYS, MAX_LSN, 1500);
       assert.ok((stops.get("image") ?? 0) > 0 && (stops.get("will_init") ?? 0) > 0);
+      // range reads over the files (scans of deep, small-page indexes), with and without recycled read-ahead buffers
+      const rangeStops = await checkRangeQueries(rng, map, KEYS, MAX_LSN, 150);
+      assert.ok((rangeStops.get("image") ?? 0) > 0 && (rangeStops.get("will_init") ?? 0) > 0 && (rangeStops.get("absent") ?? 0) + (rangeStops.get("history_end") ?? 0) > 0);
+      await checkRangeQueries(rng, map, KEYS, MAX_LSN, 150, new ReadArena());
     } finally {
       open.close();
       for (const l of map.historicLayers()) await (l as PersistentLayer).close();

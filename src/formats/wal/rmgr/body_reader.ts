@@ -38,13 +38,19 @@ export class BodyReader {
 
   /**
    * @param bytes the body
-   * @param what names the record in error messages, e.g. "XLOG CHECKPOINT_ONLINE record at 0/1000"
+   * @param what names the record in error messages, e.g. "XLOG CHECKPOINT_ONLINE record at 0/1000";
+   *   a function is called only when an error is built (parsers on the ingest hot path spare formatting an LSN per record)
    */
   constructor(
     readonly bytes: Uint8Array,
-    readonly what: string,
+    private readonly whatOrFn: string | (() => string),
   ) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  /** The record's name for error messages. */
+  get what(): string {
+    return typeof this.whatOrFn === "string" ? this.whatOrFn : this.whatOrFn();
   }
 
   get offset(): number {

@@ -224,7 +224,7 @@ export function heap2RecordTypeName(info: number): string | undefined {
 export function parseHeapRecord(record: RecordBody): HeapRecordBody {
   const op = record.info & XLOG_HEAP_OPMASK;
   const init = (record.info & XLOG_HEAP_INIT_PAGE) !== 0;
-  const what = describeRecord(`HEAP ${heapRecordTypeName(record.info) ?? "?"}`, record.lsn);
+  const what = (): string => describeRecord(`HEAP ${heapRecordTypeName(record.info) ?? "?"}`, record.lsn);
   const r = new BodyReader(record.mainData, what);
   switch (op) {
     case XLOG_HEAP_INSERT: {
@@ -276,7 +276,7 @@ export function parseHeapRecord(record: RecordBody): HeapRecordBody {
 export function parseHeap2Record(record: RecordBody): Heap2RecordBody {
   const op = record.info & XLOG_HEAP_OPMASK;
   const init = (record.info & XLOG_HEAP_INIT_PAGE) !== 0;
-  const what = describeRecord(`HEAP2 ${heap2RecordTypeName(record.info) ?? "?"}`, record.lsn);
+  const what = (): string => describeRecord(`HEAP2 ${heap2RecordTypeName(record.info) ?? "?"}`, record.lsn);
   const r = new BodyReader(record.mainData, what);
   switch (op) {
     case XLOG_HEAP2_REWRITE: {
