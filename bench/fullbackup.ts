@@ -2,7 +2,7 @@
  * Benchmark: fullbackup throughput of the pageserver next to pg_basebackup
  * from the original compute, in the same run on the same machine.
  *
- *   node dist/bench/fullbackup.js [--scale N] [--rounds R]
+ *   node dist/bench/fullbackup.js [--scale N] [--rounds R] [--compact [--fresh-rounds N]]
  *
  * One local deployment (`strata up`, one safekeeper) in a temp repo dir;
  * pgbench -i at `--scale` (default 10: ~160 MB; the issue's >= 1 GB is
@@ -15,6 +15,9 @@
  *       file (fsynced by pg_basebackup), after a CHECKPOINT so its own
  *       checkpoint is quick.
  * Prints bytes, seconds and MiB/s for each and the ratio a/b (goal >= 1.0).
+ * Before the first round and after the compaction, the bench waits for the
+ * pageserver's remote-storage upload queue to drain (the deployment uploads
+ * to a local directory), so a round measures the backup alone.
  *
  * `--compact`: after `--fresh-rounds` rounds on the layers as ingested,
  * force compaction (L0 merge + image layers at last_record_lsn) and run
@@ -53,6 +56,8 @@ const COMPACT = process.argv.includes("--compact");
 const FRESH_ROUNDS = COMPACT ? arg("--fresh-rounds", 1) : ROUNDS;
 /** Bound on the pageserver catching up after the load. */
 const CATCHUP_TIMEOUT_MS = 3_600_000;
+/** Bound on the pageserver's remote uploads draining before a round. */
+const SETTLE_TIMEOUT_MS = 600_000;
 
 const mib = (bytes: number, ms: number) => bytes / 1048576 / (ms / 1000);
 
@@ -186,7 +191,25 @@ await withRepo(async (repo) => {
           `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s; ratio ${ratio.toFixed(2)}`,
       );
     };
+    /**
+     * Waits (bounded) until the pageserver has uploaded everything queued to remote storage:
+     * a backup round then measures the backup, not the upload of the layers the load or the
+     * compaction just wrote running beside it — as pg_basebackup runs after its CHECKPOINT ended.
+     */
+    const settle = async (): Promise<void> => {
+      const t = performance.now();
+      const url = `http://127.0.0.1:${s.pageserver.http_port}/v1/tenant/${s.tenants[0]!.id}/timeline/${timelineId}`;
+      for (;;) {
+        const detail = (await (await fetch(url)).json()) as { remote?: { queue_depth?: number } | null };
+        const depth = detail.remote?.queue_depth ?? 0;
+        if (depth === 0) break;
+        if (performance.now() - t > SETTLE_TIMEOUT_MS) throw new Error(`remote uploads still queued (${depth}) after ${SETTLE_TIMEOUT_MS} ms`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      console.log(`remote uploads settled after ${((performance.now() - t) / 1000).toFixed(1)} s`);
+    };
     let round = 0;
+    await settle();
     for (let i = 0; i < FRESH_ROUNDS; i++) await measure(++round, "as ingested");
     if (COMPACT) {
       // What the background compaction loop converges to: L0 deltas merged, image layers
@@ -207,6 +230,7 @@ await withRepo(async (repo) => {
       const st = await cliJson<StatusJson>(repo, ["status"]);
       const lrl = st.tenants[0]!.timelines.find((tl) => tl.branch === "main")!.last_record_lsn;
       console.log(`after-compaction rounds back up at ${latest === undefined ? `the latest LSN (last_record_lsn ${lrl})` : `the load's end ${formatLsn(target)}`}`);
+      await settle();
       for (let i = 0; i < ROUNDS; i++) await measure(++round, "after compaction", latest);
     }
     console.log(`fullbackup / pg_basebackup throughput ratio: ${ratios.map((r) => r.toFixed(2)).join(", ")} (goal >= 1.0)`);
