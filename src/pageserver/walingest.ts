@@ -236,27 +236,27 @@ function fastKindOf(rmid: number, info: number): number {
       case RM_HEAP2_ID:
         if (name !== "REWRITE" && name !== "NEW_CID") k = FAST_HEAP;
         break;
-      case RM_BTREE_ID:
-      case RM_HASH_ID:
-      case RM_GIN_ID:
-      case RM_GIST_ID:
-      case RM_SEQ_ID:
-      case RM_SPGIST_ID:
-      case RM_BRIN_ID:
-      case RM_GENERIC_ID:
-        k = FAST_BLOCKS;
-        break;
       case RM_XLOG_ID:
         if (name === "FPI" || name === "FPI_FOR_HINT") k = FAST_FPI;
         break;
       case RM_XACT_ID:
         if (name === "COMMIT" || name === "ABORT") k = FAST_XACT;
         break;
+      default:
+        if (BLOCK_ONLY_RMIDS.has(rmid)) k = FAST_BLOCKS;
+        break;
     }
   }
   fastKinds[i] = k;
   return k;
 }
+
+/**
+ * Index AMs, sequences and generic WAL change only the blocks they
+ * reference: their records are stored per block and replayed by
+ * PostgreSQL's redo, on both paths.
+ */
+const BLOCK_ONLY_RMIDS: ReadonlySet<number> = new Set([RM_BTREE_ID, RM_HASH_ID, RM_GIN_ID, RM_GIST_ID, RM_SEQ_ID, RM_SPGIST_ID, RM_BRIN_ID, RM_GENERIC_ID]);
 
 /** Block references a record may have on the fast path (XLR_MAX_BLOCK_ID + 1); more goes the general way. */
 const MAX_FAST_BLOCKS = 33;
@@ -890,8 +890,7 @@ export class WalIngest {
       case RM_SPGIST_ID:
       case RM_BRIN_ID:
       case RM_GENERIC_ID:
-        // Index AMs, sequences and generic WAL change only the blocks they
-        // reference: stored per block, replayed by PostgreSQL's redo.
+        // BLOCK_ONLY_RMIDS (kept in step with these cases).
         return this.storeBlocks(rec, mod);
       case RM_COMMIT_TS_ID:
         // Commit timestamps (track_commit_timestamp = on) live in an SLRU
