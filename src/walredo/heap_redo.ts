@@ -43,6 +43,8 @@
  * (heap_redo.test.ts).
  */
 import { lsnAlign, type Lsn } from "../lib/lsn.js";
+import { BLCKSZ, ITEM_ID_SIZE, PD_ALL_VISIBLE, PG_PAGE_LAYOUT_VERSION, SIZE_OF_PAGE_HEADER_DATA } from "../formats/page.js";
+import { maxAlign } from "../formats/wal/rmgr/body_reader.js";
 import type { BlockRef, DecodedRecord } from "../formats/wal/decoded_record.js";
 import {
   RM_HEAP2_ID,
@@ -57,13 +59,6 @@ import {
   XLOG_HEAP_OPMASK,
 } from "../formats/wal/rmgr/heap.js";
 
-const BLCKSZ = 8192;
-/** SizeOfPageHeaderData. */
-const PAGE_HEADER_BYTES = 24;
-/** sizeof(ItemIdData). */
-const ITEM_ID_BYTES = 4;
-/** PG_PAGE_LAYOUT_VERSION. */
-const PAGE_LAYOUT_VERSION = 4;
 /** SizeofHeapTupleHeader (offsetof t_bits). */
 const HEAP_TUPLE_HEADER_BYTES = 23;
 /** MaxHeapTupleSize: BLCKSZ - MAXALIGN(page header + one line pointer). */
@@ -80,8 +75,6 @@ const HEAP_INSERT_BYTES = 3;
 const HEAP_MULTI_INSERT_BYTES = 4;
 /** SizeOfHeapVisible (cutoff_xid, flags). */
 const HEAP_VISIBLE_BYTES = 5;
-/** pd_flags bit. */
-const PD_ALL_VISIBLE = 0x0004;
 /** t_infomask bit HeapTupleHeaderSetCmin clears. */
 const HEAP_COMBOCID = 0x0020;
 /** ItemIdData.lp_flags. */
@@ -101,10 +94,6 @@ const OFF_SIZE_VERSION = 18;
 export interface HeapRedoOptions {
   /** Hint bits are WAL-logged (data checksums): VISIBLE then bumps pd_lsn. */
   readonly hintBitsLogged: boolean;
-}
-
-function maxAlign(n: number): number {
-  return (n + 7) & ~7;
 }
 
 function dv(b: Uint8Array): DataView {
@@ -142,17 +131,17 @@ function initHeapPage(into: Uint8Array | undefined): Uint8Array {
   const page = into ?? new Uint8Array(BLCKSZ);
   page.fill(0);
   const v = dv(page);
-  v.setUint16(OFF_LOWER, PAGE_HEADER_BYTES, true);
+  v.setUint16(OFF_LOWER, SIZE_OF_PAGE_HEADER_DATA, true);
   v.setUint16(OFF_UPPER, BLCKSZ, true);
   v.setUint16(OFF_SPECIAL, BLCKSZ, true);
-  v.setUint16(OFF_SIZE_VERSION, BLCKSZ | PAGE_LAYOUT_VERSION, true);
+  v.setUint16(OFF_SIZE_VERSION, BLCKSZ | PG_PAGE_LAYOUT_VERSION, true);
   return page;
 }
 
 /** PageGetMaxOffsetNumber. */
 function maxOffset(v: DataView): number {
   const lower = v.getUint16(OFF_LOWER, true);
-  return lower <= PAGE_HEADER_BYTES ? 0 : (lower - PAGE_HEADER_BYTES) / ITEM_ID_BYTES;
+  return lower <= SIZE_OF_PAGE_HEADER_DATA ? 0 : (lower - SIZE_OF_PAGE_HEADER_DATA) / ITEM_ID_SIZE;
 }
 
 /**
@@ -168,10 +157,10 @@ function addHeapTuple(
   const lower0 = v.getUint16(OFF_LOWER, true);
   const upper0 = v.getUint16(OFF_UPPER, true);
   const special = v.getUint16(OFF_SPECIAL, true);
-  if (lower0 < PAGE_HEADER_BYTES || lower0 > upper0 || upper0 > special || special > BLCKSZ) return false;
+  if (lower0 < SIZE_OF_PAGE_HEADER_DATA || lower0 > upper0 || upper0 > special || special > BLCKSZ) return false;
   const limit = maxOffset(v) + 1;
   if (offnum < 1 || offnum > limit || offnum > MAX_HEAP_TUPLES_PER_PAGE) return false;
-  const itemOff = PAGE_HEADER_BYTES + (offnum - 1) * ITEM_ID_BYTES;
+  const itemOff = SIZE_OF_PAGE_HEADER_DATA + (offnum - 1) * ITEM_ID_SIZE;
   if (offnum < limit) {
     const lp = v.getUint32(itemOff, true);
     const flags = (lp >>> 15) & 3;
@@ -181,7 +170,7 @@ function addHeapTuple(
   }
   const size = HEAP_TUPLE_HEADER_BYTES + dataLen;
   if (dataLen < 0 || size > MAX_HEAP_TUPLE_BYTES) return false;
-  const lower = offnum === limit ? lower0 + ITEM_ID_BYTES : lower0;
+  const lower = offnum === limit ? lower0 + ITEM_ID_SIZE : lower0;
   const upper = upper0 - maxAlign(size);
   if (lower > upper) return false;
   v.setUint32(itemOff, (upper | (LP_NORMAL << 15) | (size << 17)) >>> 0, true);
