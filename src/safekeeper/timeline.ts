@@ -622,8 +622,7 @@ export class Timeline implements ConsensusTimeline {
   appendWalFromCompute(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Promise<void> {
     return this.mutex.run(async () => {
       this.checkOpen();
-      if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
-      this.checkCaughtUp(computeTerm);
+      this.checkComputeMayAppend(computeTerm);
       await this.writeLocked(startLsn, bytes);
     });
   }
@@ -636,8 +635,7 @@ export class Timeline implements ConsensusTimeline {
   appendAndFlushFromCompute(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Promise<Lsn> {
     return this.mutex.run(async () => {
       this.checkOpen();
-      if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
-      this.checkCaughtUp(computeTerm);
+      this.checkComputeMayAppend(computeTerm);
       await this.writeLocked(startLsn, bytes);
       return await this.flushLocked();
     });
@@ -653,8 +651,7 @@ export class Timeline implements ConsensusTimeline {
    */
   appendAndFlushFromComputeNow(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Lsn | undefined {
     if (!this.mutex.idle || this.closed) return undefined;
-    if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
-    this.checkCaughtUp(computeTerm);
+    this.checkComputeMayAppend(computeTerm);
     const before = this.flushLsn;
     const t0 = performance.now();
     const l = this.store.wal.appendAndFlushNow(startLsn, bytes);
@@ -676,6 +673,16 @@ export class Timeline implements ConsensusTimeline {
       await this.writeLocked(startLsn, bytes);
       return await this.flushLocked();
     });
+  }
+
+  /**
+   * The fencing rule for a compute's WAL: its term is the timeline's term and
+   * the term history's last one (else StaleTermError), and this safekeeper
+   * has caught up to the term's start.
+   */
+  private checkComputeMayAppend(computeTerm: Term): void {
+    if (computeTerm !== this.term || lastTerm(this.termHistory) !== computeTerm) throw this.stale(computeTerm, "append WAL");
+    this.checkCaughtUp(computeTerm);
   }
 
   /** WAL of `t` from its compute only once this safekeeper's flushed WAL reached the term's start. */
