@@ -95,6 +95,11 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/** The pgbench load every set-up runs: CLIENTS clients for `seconds`. */
+function loadArgs(pg: PgServer, seconds: number): string[] {
+  return ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(seconds)];
+}
+
 /**
  * Unmeasured pgbench before a measured run: lets every contender reach its steady state
  * first (for the safekeeper, V8 compiling its hot paths; pg_receivewal has nothing to
@@ -102,7 +107,7 @@ function percentile(sorted: number[], p: number): number {
  */
 async function warmUp(pg: PgServer, mode: string, env: Record<string, string> = {}): Promise<void> {
   if (WARMUP_S <= 0) return;
-  const w = await runTool("pgbench", ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(WARMUP_S), "postgres"], {
+  const w = await runTool("pgbench", [...loadArgs(pg, WARMUP_S), "postgres"], {
     timeoutMs: (WARMUP_S + 120) * 1000,
     env,
   });
@@ -114,7 +119,7 @@ async function pgbenchRun(pg: PgServer, mode: string, env: Record<string, string
   try {
     const r = await runTool(
       "pgbench",
-      ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(DURATION_S), "-l", "--log-prefix", join(logDir, "tx"), "postgres"],
+      [...loadArgs(pg, DURATION_S), "-l", "--log-prefix", join(logDir, "tx"), "postgres"],
       { timeoutMs: (DURATION_S + 120) * 1000, env, cwd: logDir },
     );
     if (r.code !== 0) throw new Error(`pgbench (${mode}) failed: ${r.stderr}`);
