@@ -5,7 +5,10 @@
 // row, ReadyForQuery) end the stream cleanly even when they arrive in the
 // same chunk as WAL; an ErrorResponse after WAL is thrown only after that
 // WAL was returned; a malformed payload is a protocol_violation that closes
-// the connection. The scripted server is a raw socket writing bytes from our
+// the connection. Push mode (ReplicationStream.consume) gets the same
+// guarantees, plus: a throw from its handler closes the connection and is
+// what consume rejects with, and pause()/resume() hold deliveries back
+// without losing any. The scripted server is a raw socket writing bytes from our
 // own serializers (messages.ts, replication.ts), so the split points are ours.
 
 import { test } from "node:test";
@@ -13,7 +16,7 @@ import assert from "node:assert/strict";
 import { createServer, type Socket } from "node:net";
 import { StrataError } from "../src/lib/errors.js";
 import { lsnAdd, parseLsn } from "../src/lib/lsn.js";
-import { PgClient, PgServerError } from "../src/wire/client.js";
+import { PgClient, PgServerError, type ReplicationStream } from "../src/wire/client.js";
 import { serializeBackend } from "../src/wire/messages.js";
 import { FrontendParser } from "../src/wire/parser.js";
 import { pgTimestamp, serializeReplicationMessage, type ServerReplicationMessage } from "../src/wire/replication.js";
@@ -186,6 +189,116 @@ test("readBatch and iteration do not mix", async () => {
       await assert.rejects(async () => {
         for await (const m of stream) void m;
       }, /iterated twice/);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
+/** Consumes in push mode until the stream ends or fails; `onBatch` may act on each delivery. */
+async function consumeAll(port: number, onBatch?: (ms: ServerReplicationMessage[], n: number, stream: ReplicationStream) => void) {
+  const client = await PgClient.connect({ host: "127.0.0.1", port, user: "u", replication: true, connectTimeoutMs: 5000 });
+  const stream = await client.startReplication({ startLsn: START, timeline: 1 });
+  const msgs: ServerReplicationMessage[] = [];
+  let calls = 0;
+  let error: unknown = null;
+  try {
+    await stream.consume((ms) => {
+      assert.ok(ms.length > 0, "a delivery is never empty");
+      calls++;
+      // Payload views are valid only during the call unless kept: copy, as a consumer that keeps them must.
+      msgs.push(...ms.map((m) => (m.kind === "XLogData" ? { ...m, data: Buffer.from(m.data) } : m)));
+      onBatch?.(ms, calls, stream);
+    });
+  } catch (e) {
+    error = e;
+  }
+  return { msgs, calls, error, client, end: stream.end };
+}
+
+test("consume delivers exactly the server's messages in order for every write size, and resolves at CopyDone", async () => {
+  const total = script("copydone").length;
+  for (const chunk of [1, 5, 4093, 65536, total]) {
+    await withScriptedServer("copydone", chunk, async (port) => {
+      const r = await consumeAll(port);
+      try {
+        assert.equal(r.error, null, `chunk ${chunk}: ${String(r.error)}`);
+        assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()), `chunk ${chunk}`);
+        assert.deepEqual(r.end, { nextTimeline: 2, nextTimelineStartLsn: parseLsn("0/3022000") });
+        assert.equal(r.client.closed, false, "the connection is back in query mode");
+      } finally {
+        await r.client.close();
+      }
+    });
+  }
+});
+
+test("consume: a throw from the handler closes the connection and is the rejection; server errors and malformed payloads as readBatch", async () => {
+  await withScriptedServer("copydone", 1 << 20, async (port) => {
+    const boom = new StrataError("protocol_violation", "consumer refused the WAL");
+    const r = await consumeAll(port, () => {
+      throw boom;
+    });
+    assert.equal(r.error, boom);
+    assert.equal(r.calls, 1, "no delivery after the handler threw");
+    assert.equal(r.client.closed, true);
+  });
+  await withScriptedServer("error", 1 << 20, async (port) => {
+    const r = await consumeAll(port);
+    try {
+      assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()));
+      assert.ok(r.error instanceof PgServerError && r.error.sqlstate === "XX000", String(r.error));
+      assert.equal(r.client.closed, false, "after an ERROR the connection is ready for queries again");
+    } finally {
+      await r.client.close();
+    }
+  });
+  for (const chunk of [3, 1 << 20]) {
+    await withScriptedServer("malformed", chunk, async (port) => {
+      const r = await consumeAll(port);
+      assert.ok(r.error instanceof StrataError && r.error.code === "protocol_violation", String(r.error));
+      assert.equal(r.client.closed, true);
+      assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()).slice(0, r.msgs.length));
+    });
+  }
+});
+
+test("consume: pause() holds deliveries back until resume(), losing nothing", async () => {
+  await withScriptedServer("copydone", 7, async (port) => {
+    let pausedAt = 0;
+    let deliveredWhilePaused = 0;
+    let paused = false;
+    const r = await consumeAll(port, (_ms, n, stream) => {
+      if (paused) deliveredWhilePaused++;
+      if (n === 3) {
+        paused = true;
+        pausedAt = Date.now();
+        stream.pause();
+        setTimeout(() => {
+          paused = false;
+          stream.resume();
+        }, 150);
+      }
+    });
+    try {
+      assert.equal(r.error, null, String(r.error));
+      assert.ok(pausedAt > 0, "the handler paused the stream");
+      // Bytes already read when pause() ran may still complete a message or two; none after.
+      assert.ok(deliveredWhilePaused <= 1, `${deliveredWhilePaused} deliveries while paused`);
+      assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()));
+    } finally {
+      await r.client.close();
+    }
+  });
+});
+
+test("consume and readBatch do not mix", async () => {
+  await withScriptedServer("copydone", 1 << 20, async (port) => {
+    const client = await PgClient.connect({ host: "127.0.0.1", port, user: "u", replication: true, connectTimeoutMs: 5000 });
+    try {
+      const stream = await client.startReplication({ startLsn: START, timeline: 1 });
+      assert.equal((await stream.readBatch())?.[0]?.kind, "XLogData");
+      assert.throws(() => void stream.consume(() => undefined), /consumed twice/);
     } finally {
       await client.close();
     }

@@ -15,22 +15,26 @@
  *   START_REPLICATION SLOT sk_<id> PHYSICAL <write LSN> TIMELINE 1
  *   loop: XLogData -> append; fsync in batches; status update after each fsync
  *
- * Group commit: a reader puts XLogData payloads into a pending buffer; one
- * writer repeatedly takes everything pending (at most MAX_WRITE_BATCH_BYTES),
- * writes it, fsyncs once and reports (Timeline.appendAndFlushFromCompute:
- * one critical section per batch; in the common case — nothing else holds
- * the timeline, the batch stays inside the open segment — synchronously,
- * without a promise, through appendAndFlushFromComputeNow). The reader takes messages a socket chunk
- * at a time (ReplicationStream.readBatch: zero-copy payload views, one await
- * per chunk, not per message); the writer first yields once to the event
- * loop so every chunk readable in this poll phase is pending before it
- * writes — "flush when nothing more is buffered". Several messages are copied into one
- * batch buffer allocated once per connection and reused — WalStorage keeps
- * no reference to what it wrote — so the steady state allocates nothing
- * per batch. While one fsync runs, WAL of other
- * commits accumulates and is made durable by the next, so under load the
- * number of fsyncs per second is bounded by fsync latency, not by commits;
- * an idle compute's single commit is fsynced as soon as it arrives.
+ * Group commit. The stream is consumed in push mode
+ * (ReplicationStream.consume): the handler runs inside the socket's data
+ * callback with every message the chunk completed (zero-copy payload views).
+ * In the common case — the writer idle, the chunk drained the socket (it did
+ * not fill the read buffer), nothing else holds the timeline, the batch stays
+ * inside the open segment — the handler writes, fdatasyncs and sends the
+ * status update right there (Timeline.appendAndFlushFromComputeNow): no
+ * promise, no event-loop turn, as pg_receivewal's loop does it. Otherwise the
+ * payloads wait in a pending list for the async writer, which first yields
+ * once to the event loop so every chunk readable in this poll phase joins
+ * the batch ("flush when nothing more is buffered"), then takes everything
+ * pending (at most MAX_WRITE_BATCH_BYTES), writes it, fsyncs once and
+ * reports (Timeline.appendAndFlushFromCompute: one critical section per
+ * batch). Only one of the two writes at a time, so WAL lands in order.
+ * Several messages are copied into one batch buffer allocated once per
+ * connection and reused — WalStorage keeps no reference to what it wrote —
+ * so the steady state allocates nothing per batch. While one fsync runs, WAL
+ * of other commits accumulates and is made durable by the next, so under
+ * load the number of fsyncs per second is bounded by fsync latency, not by
+ * commits; an idle compute's single commit is fsynced as soon as it arrives.
  *
  * Invariants:
  * * The flush LSN we report is WalStorage's, which advances only after an
@@ -44,8 +48,8 @@
  * * XLogData must be contiguous from the requested start; anything else is a
  *   protocol violation and the connection is dropped (and retried).
  * * Memory: at most MAX_PENDING_BYTES wait for the writer; past that the
- *   reader stops reading, the client's queue fills, the socket pauses and TCP
- *   pushes back on the compute's walsender.
+ *   stream is paused (the socket stops reading) and TCP pushes back on the
+ *   compute's walsender until the writer has taken enough.
  *
  * Failures: any error ends the connection; the acceptor reconnects with
  * exponential backoff (RECONNECT_MIN_MS .. RECONNECT_MAX_MS). The task is
@@ -57,6 +61,7 @@ import { formatLsn, lsn as toLsn, parseLsn, segmentNumber, segmentStart, type Ls
 import { errorFields, silentLogger } from "../lib/logging.js";
 import { sleep } from "../lib/tasks.js";
 import { PgClient, PgServerError, type ConnectOptions, type ReplicationStream } from "../wire/client.js";
+import type { ServerReplicationMessage } from "../wire/replication.js";
 import { safekeeperSlotName } from "./config.js";
 import type { ComputeRegistration, Timeline } from "./timeline.js";
 
@@ -393,8 +398,9 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
   let pendingBytes = 0;
   let pendingStart: Lsn = startLsn;
   let expected: Lsn = startLsn;
+  /** Set while the async writer waits for work: only then may the reader write synchronously (order). */
   let wakeWriter: (() => void) | undefined;
-  let wakeReader: (() => void) | undefined;
+  let readerPaused = false;
   let done = false;
 
   const sendStatus = (replyRequested = false) => {
@@ -418,84 +424,113 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
       /* the stream just ended; the reader reports why */
     }
   }, STATUS_CHECK_MS);
+
+  /** The next batch: up to MAX_WRITE_BATCH_BYTES of whole messages from the head of `pending` (not yet taken). */
+  const nextBatch = (): { batch: Buffer; take: number } => {
+    let take = 0;
+    let bytes = 0;
+    while (take < pending.length && (take === 0 || bytes + pending[take]!.length <= MAX_WRITE_BATCH_BYTES)) bytes += pending[take++]!.length;
+    if (take === 1) return { batch: pending[0]!, take };
+    let off = 0;
+    for (let k = 0; k < take; k++) {
+      const p = pending[k]!;
+      p.copy(batchBuf, off);
+      off += p.length;
+    }
+    return { batch: batchBuf.subarray(0, bytes), take };
+  };
+  /** Removes a batch's messages from `pending`; resumes a reader paused for memory. */
+  const taken = (take: number, bytes: number) => {
+    pending = take === pending.length ? [] : pending.slice(take);
+    pendingBytes -= bytes;
+    pendingStart = toLsn(pendingStart + BigInt(bytes));
+    if (readerPaused && pendingBytes <= MAX_PENDING_BYTES) {
+      readerPaused = false;
+      stream.resume();
+    }
+  };
+
   const writer = async (): Promise<void> => {
     while (!done && !signal.aborted) {
       if (pendingBytes === 0) {
         await new Promise<void>((resolve) => {
           wakeWriter = resolve;
         });
-        wakeWriter = undefined;
         continue;
       }
-      // The reader hands over a socket chunk at a time, and WalStorage may write and fsync
-      // synchronously inside this microtask chain: yield once to the event loop so the other
-      // chunks of this poll phase (WAL that arrived while the last fsync ran) join this batch.
+      // WAL that arrived while the last fsync ran, or a socket chunk that filled the read
+      // buffer: yield once to the event loop so every chunk readable in this poll phase is
+      // pending before the write — "flush when nothing more is buffered".
       await new Promise<void>((resolve) => setImmediate(resolve));
-      // Take up to MAX_WRITE_BATCH_BYTES (whole messages; one message is at most the client's message limit).
-      let take = 0;
-      let bytes = 0;
-      while (take < pending.length && (take === 0 || bytes + pending[take]!.length <= MAX_WRITE_BATCH_BYTES)) bytes += pending[take++]!.length;
-      let batch: Buffer;
-      if (take === 1) {
-        batch = pending[0]!;
-      } else {
-        let off = 0;
-        for (let k = 0; k < take; k++) {
-          const p = pending[k]!;
-          p.copy(batchBuf, off);
-          off += p.length;
-        }
-        batch = batchBuf.subarray(0, bytes);
-      }
+      if (pendingBytes === 0 || done) continue;
       const at = pendingStart;
-      pending = take === pending.length ? [] : pending.slice(take);
-      pendingBytes -= bytes;
-      pendingStart = toLsn(at + BigInt(bytes));
-      const w = wakeReader;
-      wakeReader = undefined;
-      w?.();
+      const { batch, take } = nextBatch();
+      taken(take, batch.length);
       if (tl.appendAndFlushFromComputeNow(reg.term, at, batch) === undefined) await tl.appendAndFlushFromCompute(reg.term, at, batch);
       if (!done) sendStatus();
       lastStatusMs = Date.now();
     }
   };
 
-  const reader = async (): Promise<void> => {
-    for (let batch = await stream.readBatch(); batch !== null; batch = await stream.readBatch()) {
-      let replyRequested = false;
-      for (const m of batch) {
-        if (m.kind === "XLogData") {
-          if (m.dataStart !== expected) {
-            throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
-          }
-          if (m.data.length === 0) continue;
-          pending.push(m.data);
-          pendingBytes += m.data.length;
-          expected = toLsn(expected + BigInt(m.data.length));
-        } else if (m.replyRequested) {
-          replyRequested = true;
+  /**
+   * Push-mode handler, inside the socket's data callback. In the common case
+   * (the writer idle, the socket drained, everything pending fits one batch
+   * and WalStorage can write it synchronously) the WAL is written, fsynced
+   * and acknowledged right here; otherwise the async writer takes it.
+   * A throw (protocol violation, fencing, I/O error) ends the connection.
+   */
+  const onMessages = (batch: ServerReplicationMessage[], more: boolean): void => {
+    let replyRequested = false;
+    for (const m of batch) {
+      if (m.kind === "XLogData") {
+        if (m.dataStart !== expected) {
+          throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
+        }
+        if (m.data.length === 0) continue;
+        pending.push(m.data);
+        pendingBytes += m.data.length;
+        expected = toLsn(expected + BigInt(m.data.length));
+      } else if (m.replyRequested) {
+        replyRequested = true;
+      }
+    }
+    if (pendingBytes > 0 && !done) {
+      let written = false;
+      if (!more && wakeWriter !== undefined && pendingBytes <= MAX_WRITE_BATCH_BYTES) {
+        const at = pendingStart;
+        const { batch: bytes, take } = nextBatch();
+        if (tl.appendAndFlushFromComputeNow(reg.term, at, bytes) !== undefined) {
+          taken(take, bytes.length);
+          written = true;
+          replyRequested = false; // the status update below answers it
+          sendStatus();
+          lastStatusMs = Date.now();
         }
       }
-      if (pendingBytes > 0) {
+      if (!written) {
         const w = wakeWriter;
         wakeWriter = undefined;
         w?.();
       }
-      if (replyRequested) sendStatus();
-      while (pendingBytes > MAX_PENDING_BYTES && !signal.aborted && !done) {
-        await new Promise<void>((resolve) => {
-          wakeReader = resolve;
-        });
-      }
     }
+    if (replyRequested) sendStatus();
+    if (pendingBytes > MAX_PENDING_BYTES && !readerPaused) {
+      readerPaused = true;
+      stream.pause();
+    }
+  };
+
+  const reader = async (): Promise<void> => {
+    await stream.consume(onMessages);
     throw new StrataError("io_error", `Compute ended the replication stream at ${formatLsn(expected)}`);
   };
 
   const failFast = (e: unknown) => {
     done = true;
     if (!signal.aborted) ac.abort(e);
-    wakeWriter?.();
-    wakeReader?.();
+    const w = wakeWriter;
+    wakeWriter = undefined;
+    w?.();
     throw e;
   };
   try {

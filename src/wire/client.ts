@@ -20,8 +20,11 @@
  *   into the chunk, see parser.ts) and a batch reader
  *   (`ReplicationStream.readBatch`) takes all of them with one promise
  *   resolution per chunk rather than one per message, which is what an
- *   async iterator costs. The per-message iterator stays for consumers that
- *   do not care.
+ *   async iterator costs. Push mode (`ReplicationStream.consume`) goes
+ *   further: the consumer's handler runs inside the data callback itself,
+ *   so the safekeeper's commit path (receive, write, fsync, reply) takes no
+ *   promise and no event-loop turn. The per-message iterator stays for
+ *   consumers that do not care.
  * * One operation at a time: a client is used by one task; a second
  *   concurrent operation is a bug and asserts.
  * * Every wait is bounded: connect + startup + authentication by
@@ -66,6 +69,13 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
  * 64 XLogData messages of at most 128 KiB each bound the backlog to ~8 MiB.
  */
 export const MAX_QUEUED_MESSAGES = 64;
+/**
+ * Size of the buffer Node reads a socket into (libuv's suggested size). A
+ * chunk this long may have left more bytes in the kernel; a shorter one
+ * drained the socket at that moment — push consumers (ReplicationStream.consume)
+ * use it to tell "nothing more is buffered" from "more is coming now".
+ */
+export const SOCKET_READ_CHUNK_BYTES = 64 * 1024;
 /** Default bound on the total size of rows one simpleQuery may return: it is for small control queries. */
 export const DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024;
 /** How long close() waits for the server to close its side after Terminate. */
@@ -137,6 +147,17 @@ export interface StreamEnd {
 
 type Waiter = { resolve: (m: BackendMessage) => void; reject: (e: Error) => void };
 type BatchWaiter = { resolve: (ms: BackendMessage[]) => void; reject: (e: Error) => void };
+/**
+ * A push-mode consumer (ReplicationStream.consume): `messages` runs
+ * synchronously inside the socket's data callback with everything the chunk
+ * completed (`more`: the chunk filled the read buffer, so more bytes may be
+ * waiting in the kernel); a throw from it fails the connection. `failed`
+ * is told once when the connection fails.
+ */
+export interface PushConsumer {
+  messages(ms: BackendMessage[], more: boolean): void;
+  failed(e: Error): void;
+}
 
 /** Quotes a replication-protocol identifier (slot name). */
 function quoteIdent(name: string): string {
@@ -154,6 +175,10 @@ export class PgClient {
   private waiter: Waiter | null = null;
   /** A batch read waiting: resolved once per socket chunk with everything that chunk completed. */
   private batchWaiter: BatchWaiter | null = null;
+  /** Push mode: messages go straight to this consumer instead of the queue. */
+  private pushConsumer: PushConsumer | null = null;
+  /** Reading paused by a push consumer (its own back-pressure), independent of `paused`. */
+  private pushPaused = false;
   /** Rejects the pending TCP connect, if any. */
   private connectWaiter: ((e: Error) => void) | null = null;
   private failure: Error | null = null;
@@ -217,6 +242,15 @@ export class PgClient {
       this.fail(e instanceof Error ? e : new StrataError("internal", String(e)));
       return;
     }
+    if (this.pushConsumer !== null) {
+      if (this.queue.length === 0) return;
+      try {
+        this.pushConsumer.messages(this.queue.splice(0), chunk.length >= SOCKET_READ_CHUNK_BYTES);
+      } catch (e) {
+        this.fail(e instanceof Error ? e : new StrataError("internal", String(e)));
+      }
+      return;
+    }
     if (this.batchWaiter !== null && this.queue.length > 0) {
       const w = this.batchWaiter;
       this.batchWaiter = null;
@@ -262,6 +296,9 @@ export class PgClient {
     const cw = this.connectWaiter;
     this.connectWaiter = null;
     cw?.(e);
+    const pc = this.pushConsumer;
+    this.pushConsumer = null;
+    pc?.failed(e);
   }
 
   private destroy(): void {
@@ -279,7 +316,7 @@ export class PgClient {
     if (m !== undefined) {
       if (this.paused && this.queue.length < MAX_QUEUED_MESSAGES / 2) {
         this.paused = false;
-        this.socket.resume();
+        if (!this.pushPaused) this.socket.resume();
       }
       return Promise.resolve(m);
     }
@@ -295,7 +332,7 @@ export class PgClient {
     const out = this.queue.splice(0);
     if (this.paused) {
       this.paused = false;
-      this.socket.resume();
+      if (!this.pushPaused) this.socket.resume();
     }
     return out;
   }
@@ -608,9 +645,40 @@ export class PgClient {
   _readBatch(): Promise<BackendMessage[]> {
     return this.readBatch();
   }
+  /**
+   * @internal Switches push mode on (messages queued so far are left in the
+   * queue for the caller to take with `_drain`) or off. Fails at once when
+   * the connection already failed.
+   */
+  _push(c: PushConsumer | null): void {
+    if (c !== null) {
+      assert(this.waiter === null && this.batchWaiter === null && this.pushConsumer === null, "PgClient: push mode while another read waits");
+      if (this.failure) {
+        c.failed(this.failure);
+        return;
+      }
+    }
+    this.pushConsumer = c;
+    if (c === null && this.pushPaused) this._pauseReading(false);
+  }
+  /** @internal Takes every queued message. */
+  _drain(): BackendMessage[] {
+    return this.drainQueue();
+  }
+  /** @internal A push consumer's back-pressure: stop (or resume) reading the socket. */
+  _pauseReading(pause: boolean): void {
+    if (pause === this.pushPaused || this.failure) return;
+    this.pushPaused = pause;
+    if (pause) this.socket.pause();
+    else if (!this.paused) this.socket.resume();
+  }
   /** @internal Puts messages taken by `_readBatch` but not consumed back at the front of the queue. */
   _unread(ms: readonly BackendMessage[]): void {
     this.queue.unshift(...ms);
+  }
+  /** @internal Fails the connection with `e` (a consumer's own error). */
+  _fail(e: Error): void {
+    this.fail(e);
   }
   /** @internal */
   _write(data: Buffer): void {
@@ -737,6 +805,75 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
       await this.endOfCopy(raw[0]!);
     }
     return null;
+  }
+
+  /**
+   * Push mode, the hot-path alternative to `readBatch` (do not mix the two):
+   * `handler` runs synchronously inside the socket's data callback with the
+   * replication messages each chunk completed, so a consumer can act on them
+   * (write, fsync, reply) without a promise or an event-loop turn in
+   * between. `more` is true when the chunk filled the read buffer: more
+   * bytes may be waiting in the kernel and arrive in this same event-loop
+   * phase. XLogData payloads are views into the socket's buffers, as with
+   * `readBatch`. Messages received before the call are handed over at once,
+   * synchronously. Resolves when the server ends the stream (`end` says
+   * why); rejects when the connection fails — including when `handler`
+   * throws: the connection is closed and the promise rejects with that error.
+   * `pause()` / `resume()` stop and restart reading (back-pressure).
+   */
+  consume(handler: (ms: ServerReplicationMessage[], more: boolean) => void): Promise<void> {
+    assert(!this.iterating && !this.batchReading, "ReplicationStream consumed twice");
+    this.batchReading = true;
+    return new Promise<void>((resolve, reject) => {
+      /** A control message (CopyDone, ErrorResponse) arrived: leave push mode and end through readBatch's handling. */
+      const finishAsync = () => {
+        void (async () => {
+          for (let b = await this.readBatch(); b !== null; b = await this.readBatch()) handler(b, false);
+        })().then(resolve, reject);
+      };
+      const onRaw = (raw: BackendMessage[], more: boolean): void => {
+        const out: ServerReplicationMessage[] = [];
+        let i = 0;
+        for (; i < raw.length; i++) {
+          const m = raw[i]!;
+          if (m.kind !== "CopyData") break;
+          out.push(this.parsePayload(m));
+        }
+        if (i === raw.length) {
+          if (out.length > 0) handler(out, more);
+          return;
+        }
+        this.client._push(null);
+        this.client._unread(raw.slice(i));
+        try {
+          if (out.length > 0) handler(out, false);
+        } catch (e) {
+          reject(e as Error);
+          throw e; // the client's data callback fails the connection with it
+        }
+        finishAsync();
+      };
+      const initial = this.client._drain();
+      this.client._push({ messages: onRaw, failed: reject });
+      if (initial.length === 0 || this.client.closed) return;
+      try {
+        onRaw(initial, false);
+      } catch (e) {
+        const err = e instanceof Error ? e : new StrataError("internal", String(e));
+        reject(err);
+        this.client._fail(err);
+      }
+    });
+  }
+
+  /** Push mode: stop reading the socket (TCP back-pressure on the server) until `resume()`. */
+  pause(): void {
+    this.client._pauseReading(true);
+  }
+
+  /** Push mode: read the socket again after `pause()`. */
+  resume(): void {
+    this.client._pauseReading(false);
   }
 
   /**
