@@ -20,9 +20,14 @@
  * to a local directory), so a round measures the backup alone.
  *
  * `--compact`: after `--fresh-rounds` rounds on the layers as ingested,
- * force compaction (L0 merge + image layers at last_record_lsn) and run
- * `--rounds` more. Those back up the latest LSN, where the images are
- * (`--compacted-at-target` keeps the load's end LSN, below the images).
+ * wait for the compute to be quiet (no autovacuum worker, insert LSN still
+ * for a few seconds) and for ingest to reach its insert LSN, force
+ * compaction (L0 merge + image layers at that LSN) and run `--rounds` more.
+ * Those back up at the images' LSN, the state a pageserver holds in steady
+ * state (`--compacted-at-latest`: the latest LSN, with whatever the compute
+ * wrote since replayed on the images; `--compacted-at-target`: the load's
+ * end LSN, below the images). `--wal-stats` prints pg_waldump's record
+ * statistics of the WAL written after the load and after the images.
  *
  * `--profile FILE` (run node with --experimental-websocket): CPU-profiles
  * the pageserver process during one fullbackup (the last round, or
@@ -125,6 +130,42 @@ async function inspect(pid: number): Promise<{ call: (method: string, params?: o
   };
 }
 
+/** Bound on the compute becoming quiet (no autovacuum worker, no WAL written) before the compaction. */
+const QUIET_TIMEOUT_MS = 900_000;
+/** The compute counts as quiet once its insert LSN has not moved for this long with no autovacuum worker running. */
+const QUIET_FOR_MS = 5_000;
+
+/**
+ * Waits (bounded) until the compute writes no more WAL on its own: no
+ * autovacuum worker running and the insert LSN unchanged for QUIET_FOR_MS.
+ * Returns that insert LSN.
+ */
+async function quiesce(connstr: string): Promise<Lsn> {
+  const t0 = performance.now();
+  let last = "";
+  let since = performance.now();
+  for (;;) {
+    const row = await sqlAt(connstr, "SELECT pg_current_wal_insert_lsn() || ' ' || (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker')");
+    const [lsnText, workers] = row.split(" ");
+    if (lsnText !== last || workers !== "0") {
+      last = lsnText!;
+      since = performance.now();
+    } else if (performance.now() - since >= QUIET_FOR_MS) {
+      console.log(`compute quiet after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+      return parseLsn(last);
+    }
+    if (performance.now() - t0 > QUIET_TIMEOUT_MS) throw new Error(`compute still writing WAL after ${QUIET_TIMEOUT_MS} ms`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/** `--wal-stats`: what the compute wrote in [from, to) (pg_waldump --stats=record on its pg_wal): the WAL a backup at `to` replays on images at `from`. */
+async function printWalStats(connstr: string, from: Lsn, to: Lsn): Promise<void> {
+  const dir = await sqlAt(connstr, "SHOW data_directory");
+  const r = await runTool("pg_waldump", ["-p", join(dir, "pg_wal"), "-s", formatLsn(from), "-e", formatLsn(to), "--stats=record"], { timeoutMs: 120_000 });
+  console.log(`WAL ${formatLsn(from)}..${formatLsn(to)}:\n${(r.stdout + r.stderr).split("\n").filter((l) => !/\s0 \(\s*0\.00\)/.test(l)).slice(0, 40).join("\n")}`);
+}
+
 await withRepo(async (repo) => {
   const main = lastLine(await cliOk(repo, ["up", "--safekeepers", "1", "--quiet"]));
   const t0 = performance.now();
@@ -145,6 +186,16 @@ await withRepo(async (repo) => {
   const timelineId = parseTimelineId(s.tenants[0]!.timelines.find((t) => t.branch === "main")!.id);
   console.log(`pageserver caught up with ${s.tenants[0]!.timelines[0]!.last_record_lsn} after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
+  /** Waits (bounded) until ingest has reached `lsn`. */
+  const waitForIngest = async (lsn: Lsn): Promise<void> => {
+    const until = Date.now() + CATCHUP_TIMEOUT_MS;
+    for (;;) {
+      const st = await cliJson<StatusJson>(repo, ["status"]);
+      if (parseLsn(st.tenants[0]!.timelines.find((tl) => tl.branch === "main")!.last_record_lsn!) >= lsn) return;
+      if (Date.now() > until) throw new Error(`pageserver did not reach ${formatLsn(lsn)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
   const out = await makeTempDir("bench-fullbackup");
   const prof = PROFILE_FILE !== undefined && s.pageserver.pid !== null ? await inspect(s.pageserver.pid) : undefined;
   const lastRound = FRESH_ROUNDS + (COMPACT ? ROUNDS : 0);
@@ -152,7 +203,9 @@ await withRepo(async (repo) => {
   if (prof !== undefined) await prof.call("Profiler.enable");
   try {
     const ratios: number[] = [];
-    const measure = async (round: number, label: string, at: Lsn | undefined = target): Promise<void> => {
+    // `at`: the backup LSN, or "latest" (the pageserver's last_record_lsn). Not an optional parameter:
+    // a default would also replace an explicit `undefined`, which once sent every "latest" round to `target`.
+    const measure = async (round: number, label: string, at: Lsn | "latest"): Promise<void> => {
       const tar = join(out, "full.tar");
       if (prof !== undefined && round === profileRound) {
         await prof.call("Profiler.setSamplingInterval", { interval: 500 });
@@ -161,10 +214,13 @@ await withRepo(async (repo) => {
       const cpu0 = pageserverCpuSeconds(s.pageserver.pid);
       const redo0 = await redoCalls(s.pageserver.http_port);
       let t = performance.now();
-      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, ...(at === undefined ? {} : { lsn: at }), full: true }, tar);
+      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, ...(at === "latest" ? {} : { lsn: at }), full: true }, tar);
       const fbMs = performance.now() - t;
       const fbCpu = pageserverCpuSeconds(s.pageserver.pid) - cpu0;
       const fbRedo = (await redoCalls(s.pageserver.http_port)) - redo0;
+      // the pageserver's own account of the backup (its "backup sent" log line): run buffers it had to allocate
+      const sent = (await readFile(join(s.pageserver.datadir, "..", "pageserver.log"), "utf8").catch(() => "")).split("\n").filter((l) => l.includes('"backup sent"')).at(-1);
+      const chunks = sent === undefined ? "?" : (/"chunks_allocated":(\d+)/.exec(sent)?.[1] ?? "?");
       await rm(tar, { force: true });
       if (prof !== undefined && round === profileRound) {
         const r = (await prof.call("Profiler.stop")) as { profile: unknown };
@@ -187,7 +243,7 @@ await withRepo(async (repo) => {
       ratios.push(ratio);
       console.log(
         `round ${round} (${label}): fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s ` +
-          `(pageserver CPU ${fbCpu.toFixed(2)} s, pages replayed ${fbRedo}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
+          `(pageserver CPU ${fbCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
           `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s; ratio ${ratio.toFixed(2)}`,
       );
     };
@@ -210,10 +266,21 @@ await withRepo(async (repo) => {
     };
     let round = 0;
     await settle();
-    for (let i = 0; i < FRESH_ROUNDS; i++) await measure(++round, "as ingested");
+    for (let i = 0; i < FRESH_ROUNDS; i++) await measure(++round, "as ingested", target);
     if (COMPACT) {
-      // What the background compaction loop converges to: L0 deltas merged, image layers
-      // materialized — the pageserver's counterpart of the CHECKPOINT before pg_basebackup.
+      // The state a pageserver holds in steady state: the compute is quiet (the load's own
+      // VACUUM and any autovacuum/autoanalyze it triggered are done), ingest has reached the
+      // compute's insert LSN, and compaction has merged the L0 deltas and written image layers
+      // at that LSN — the pageserver's counterpart of the CHECKPOINT before pg_basebackup.
+      // (Earlier runs that replayed ~36k pages "after compaction" backed up at `target` — the
+      // old `measure` default parameter replaced an explicit "latest" — below images written at
+      // a later LSN: round 1's CHECKPOINT and pg_basebackup write WAL after the load. The wait
+      // keeps WAL the compute writes on its own, autovacuum or checkpoints, from landing between
+      // the images and the backup LSN.)
+      const quiet = await quiesce(main);
+      await waitForIngest(quiet);
+      console.log(`compute quiet at ${formatLsn(quiet)}, ingested`);
+      if (process.argv.includes("--wal-stats") && quiet > target) await printWalStats(main, target, quiet);
       const t = performance.now();
       const r = await fetch(`http://127.0.0.1:${s.pageserver.http_port}/v1/tenant/${s.tenants[0]!.id}/timeline/${timelineId}/compact`, {
         method: "PUT",
@@ -221,17 +288,21 @@ await withRepo(async (repo) => {
         body: JSON.stringify({ force: true }),
       });
       if (!r.ok) throw new Error(`compact: HTTP ${r.status} ${await r.text()}`);
-      console.log(`forced compaction (L0 merge + image layers) took ${((performance.now() - t) / 1000).toFixed(1)} s: ${JSON.stringify(await r.json()).slice(0, 300)}`);
-      // The images are at the LSN compaction ran at (last_record_lsn, a little past `target`:
-      // checkpoints and autovacuum write WAL after the load), so a backup at `target` would not
-      // read them. These rounds back up the latest state, as `strata endpoint start` does and
-      // as pg_basebackup does; `--compacted-at-target` keeps `target` (then deltas are replayed).
-      const latest = process.argv.includes("--compacted-at-target") ? target : undefined;
-      const st = await cliJson<StatusJson>(repo, ["status"]);
-      const lrl = st.tenants[0]!.timelines.find((tl) => tl.branch === "main")!.last_record_lsn;
-      console.log(`after-compaction rounds back up at ${latest === undefined ? `the latest LSN (last_record_lsn ${lrl})` : `the load's end ${formatLsn(target)}`}`);
+      const compacted = (await r.json()) as { images?: { lsn?: string } };
+      console.log(`forced compaction (L0 merge + image layers) took ${((performance.now() - t) / 1000).toFixed(1)} s: ${JSON.stringify(compacted).slice(0, 300)}`);
+      // Default: back up at the images' LSN (an LSN the compute reached: the end of a record
+      // ingest received). `--compacted-at-latest`: the latest LSN, as `strata endpoint start`
+      // and pg_basebackup do (WAL the compute wrote since, if any, is replayed on the images);
+      // `--compacted-at-target`: the load's end, below the images (deltas replayed).
+      const imageLsn = parseLsn(compacted.images?.lsn ?? formatLsn(target));
+      const at = process.argv.includes("--compacted-at-target") ? target : process.argv.includes("--compacted-at-latest") ? "latest" : imageLsn;
+      console.log(`after-compaction rounds back up at ${at === "latest" ? "the latest LSN" : formatLsn(at)} (images at ${formatLsn(imageLsn)})`);
       await settle();
-      for (let i = 0; i < ROUNDS; i++) await measure(++round, "after compaction", latest);
+      for (let i = 0; i < ROUNDS; i++) {
+        const before = parseLsn(await sqlAt(main, "SELECT pg_current_wal_insert_lsn()"));
+        await measure(++round, "after compaction", at);
+        if (process.argv.includes("--wal-stats") && before > imageLsn) await printWalStats(main, imageLsn, before);
+      }
     }
     console.log(`fullbackup / pg_basebackup throughput ratio: ${ratios.map((r) => r.toFixed(2)).join(", ")} (goal >= 1.0)`);
   } finally {

@@ -2,7 +2,7 @@
  * Benchmark: what a strata safekeeper costs a committing PostgreSQL.
  *
  *   node dist/bench/safekeeper.js [--duration S] [--warmup S] [--clients N] [--scale N] [--rounds R]
- *                                 [--baseline-main PATH/dist/src/cli/main.js]
+ *                                 [--baseline-main PATH/dist/src/cli/main.js] [--baseline-node-args "FLAGS"]
  *
  * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
  * load, synchronous_commit = on, in three set-ups on the same machine in one
@@ -20,6 +20,9 @@
  * `--baseline-main` adds (a0): the same as (a) with another build of strata
  * (e.g. the last commit, unpacked and built elsewhere), run in the same
  * rounds, so a change's effect is measured under the same machine load.
+ * `--baseline-node-args "FLAGS"` runs (a0) with extra node flags (e.g.
+ * "--single-threaded-gc"; with this build unless `--baseline-main` is given):
+ * a runtime setting measured the same way.
  * For the standby process the bench prints its CPU per transaction (user +
  * system, from /proc) and, for strata, the fsyncs per transaction (from its
  * metrics): group commit shows there.
@@ -46,10 +49,12 @@ const SCALE = arg("--scale", 5);
 const ROUNDS = arg("--rounds", 1);
 /** Seconds of unmeasured pgbench before each measured run (every set-up alike). */
 const WARMUP_S = arg("--warmup", 5);
-const BASELINE_MAIN = (() => {
-  const i = process.argv.indexOf("--baseline-main");
+function strArg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
   return i >= 0 ? process.argv[i + 1] : undefined;
-})();
+}
+const BASELINE_MAIN = strArg("--baseline-main");
+const BASELINE_NODE_ARGS = strArg("--baseline-node-args")?.split(" ").filter((a) => a !== "");
 
 interface Result {
   mode: string;
@@ -147,13 +152,13 @@ async function waitSync(pg: PgServer, app: string): Promise<void> {
   await waitFor(`${app} to be the synchronous standby`, async () => (await pg.sql(`SELECT count(*) FROM pg_stat_replication WHERE application_name = '${app}' AND sync_state = 'sync'`)) === "1", 30_000, 100);
 }
 
-async function runStrata(pg: PgServer, mode = "a: strata safekeeper", mainJs?: string): Promise<Result> {
+async function runStrata(pg: PgServer, mode = "a: strata safekeeper", mainJs?: string, nodeArgs?: string[]): Promise<Result> {
   const dataDir = await makeTempDir("bench-sk");
   const pgPort = await freePort();
   const httpPort = await freePort();
   let child: ChildSafekeeper | undefined;
   try {
-    child = await startChild({ id: 1, dataDir, pgPort, httpPort, ...(mainJs !== undefined ? { mainJs } : {}) });
+    child = await startChild({ id: 1, dataDir, pgPort, httpPort, ...(mainJs !== undefined ? { mainJs } : {}), ...(nodeArgs !== undefined ? { nodeArgs } : {}) });
     const r = await http(httpPort, "PUT", `/v1/tenant/${generateTenantId()}/timeline/${generateTimelineId()}/compute`, { connstr: pg.connString(), term: 1 });
     if (r.status !== 201) throw new Error(`register: ${r.status} ${r.text}`);
     await setSyncNames(pg, "sk_1");
@@ -216,8 +221,8 @@ async function main(): Promise<void> {
     const rounds: Result[][] = [];
     const baseline: Result[] = [];
     for (let i = 0; i < ROUNDS; i++) {
-      if (BASELINE_MAIN !== undefined) {
-        const a0 = await runStrata(pg, "a0: strata safekeeper (baseline)", BASELINE_MAIN);
+      if (BASELINE_MAIN !== undefined || BASELINE_NODE_ARGS !== undefined) {
+        const a0 = await runStrata(pg, "a0: strata safekeeper (baseline)", BASELINE_MAIN, BASELINE_NODE_ARGS);
         console.log(fmt(a0));
         baseline.push(a0);
       }

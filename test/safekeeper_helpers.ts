@@ -162,10 +162,10 @@ const STDERR_KEEP_CHARS = 500_000;
  * STRATA_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") adds
  * node flags, for profiling a benchmark's child.
  */
-export async function startStrataChild(opts: { command: string; args: string[]; httpPort: number; mainJs?: string; env?: Record<string, string> }): Promise<StrataChild> {
+export async function startStrataChild(opts: { command: string; args: string[]; httpPort: number; mainJs?: string; nodeArgs?: string[]; env?: Record<string, string> }): Promise<StrataChild> {
   const mainJs = opts.mainJs ?? MAIN_JS;
   await stat(mainJs);
-  const nodeArgs = (process.env.STRATA_CHILD_NODE_ARGS ?? "").split(" ").filter((a) => a !== "");
+  const nodeArgs = [...(process.env.STRATA_CHILD_NODE_ARGS ?? "").split(" ").filter((a) => a !== ""), ...(opts.nodeArgs ?? [])];
   const proc = spawn(process.execPath, [...nodeArgs, mainJs, opts.command, ...opts.args, "--log-level", "info"], {
     stdio: ["ignore", "ignore", "pipe"],
     env: { ...process.env, ...opts.env },
@@ -195,13 +195,14 @@ export async function startStrataChild(opts: { command: string; args: string[]; 
 }
 
 /** `strata safekeeper` as a child process (see startStrataChild). */
-export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string }): Promise<ChildSafekeeper> {
+export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string; nodeArgs?: string[] }): Promise<ChildSafekeeper> {
   await mkdir(args.dataDir, { recursive: true });
   return await startStrataChild({
     command: "safekeeper",
     args: ["--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort)],
     httpPort: args.httpPort,
     ...(args.mainJs !== undefined ? { mainJs: args.mainJs } : {}),
+    ...(args.nodeArgs !== undefined ? { nodeArgs: args.nodeArgs } : {}),
   });
 }
 

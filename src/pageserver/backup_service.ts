@@ -230,7 +230,7 @@ export function backupCommand(deps: BackupCommandDeps, kind: BackupKind): PageSe
       deps.log.info(
         {
           tenant_id: req.tenantId, timeline_id: req.timelineId, kind, lsn: formatLsn(at.lsn), requested_lsn: req.lsn === undefined ? null : formatLsn(req.lsn),
-          gzip: req.gzip, bytes, tar_entries: stats.tarEntries, relation_bytes: bb.summary.relationBytes, duration_ms: Math.round(seconds * 1000),
+          gzip: req.gzip, bytes, tar_entries: stats.tarEntries, chunks_allocated: stats.chunksAllocated, relation_bytes: bb.summary.relationBytes, duration_ms: Math.round(seconds * 1000),
         },
         "backup sent",
       );

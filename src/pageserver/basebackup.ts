@@ -26,7 +26,10 @@
  *     range scans of the layer files, written into a recycled 2 MiB buffer
  *     (basebackup/chunk_pool.ts) that the consumer gives back once the
  *     socket has taken it (`release`): fresh multi-MiB buffers cost more in
- *     page faults than reading and sending the pages;
+ *     page faults than reading and sending the pages (runs of a small
+ *     file's tail get a buffer of their own size, so a queue of small
+ *     chunks never pins the pool; `stats.chunksAllocated` shows whether
+ *     the pool kept up);
  *   - a generated WAL segment holding a shutdown checkpoint at X and a
  *     generated global/pg_control in state "shut down" pointing at it
  *     (formats/wal/wal_synthesis.ts). pg_control is the archive's last
@@ -249,6 +252,8 @@ export interface BasebackupStats {
   readonly contentBytes: number;
   /** Relation pages whose checksum was (re)computed on the way out (data checksums only). */
   readonly checksumsSet: number;
+  /** Run buffers the backup allocated (0 without a chunk pool): about the window plus what the consumer holds when buffers are recycled. */
+  readonly chunksAllocated: number;
 }
 
 export interface BasebackupStream {
@@ -613,8 +618,22 @@ export type BackupRunReader = (firstKey: Key, count: number, out: Uint8Array) =>
 const RANGE_RUN_PAGES = 256;
 /** Runs read ahead of the tar with a run reader: the next runs' redo overlaps sending this one. */
 const RANGE_RUN_WINDOW = 3;
-/** Pooled run buffers beyond the window: those the tar and the socket still hold. */
-const POOL_SLACK_CHUNKS = 5;
+/**
+ * Pooled run buffers beyond the window: those the tar and the socket still
+ * hold (the pack's buffer, the tar output's OUTPUT_HIGH_WATER_MARK_CHUNKS,
+ * the chunk being sent, the socket's queue). Fewer, and runs at the peak
+ * found no idle buffer and allocated fresh memory (BasebackupStats
+ * chunksAllocated).
+ */
+const POOL_SLACK_CHUNKS = 8;
+/**
+ * Runs shorter than this many pages (the tail of a small relation file)
+ * get a buffer of their own size, not a pooled 2 MiB one: a small chunk
+ * may wait in the tar's queues behind many others, and each pooled one
+ * would pin a whole pool buffer meanwhile (a catalog of small files then
+ * drained the pool and every run allocated 2 MiB).
+ */
+const POOLED_RUN_MIN_PAGES = 32;
 
 async function streamBackup(reader: DatadirReader, x: Lsn, plan: Plan, tar: TarWriter, opts: BasebackupOptions, ctx: RequestContext, stats: { checksumsSet: number }, pool: ChunkPool | undefined): Promise<void> {
   const signal = ctx.signal;
@@ -637,7 +656,7 @@ async function streamBackup(reader: DatadirReader, x: Lsn, plan: Plan, tar: TarW
   };
   const fetchRunRange = async (run: PageRun, readRun: BackupRunReader): Promise<Uint8Array> => {
     signal.throwIfAborted();
-    const out = pool !== undefined ? pool.acquire(run.count * BLCKSZ) : Buffer.allocUnsafe(run.count * BLCKSZ);
+    const out = pool !== undefined && run.count >= POOLED_RUN_MIN_PAGES ? pool.acquire(run.count * BLCKSZ) : Buffer.allocUnsafe(run.count * BLCKSZ);
     let present: Uint8Array;
     try {
       present = await readRun(run.keyOf(run.first), run.count, out);
@@ -754,7 +773,7 @@ export async function basebackup(reader: DatadirReader, opts: BasebackupOptions)
   const finished = streamBackup(reader, x, plan, tar, opts, ctx, stats, pool).then(
     (): BasebackupStats => {
       signal.removeEventListener("abort", onAbort);
-      return { tarEntries: tar.entries, contentBytes: tar.contentBytes, checksumsSet: stats.checksumsSet };
+      return { tarEntries: tar.entries, contentBytes: tar.contentBytes, checksumsSet: stats.checksumsSet, chunksAllocated: pool?.allocated ?? 0 };
     },
     (e: unknown) => {
       signal.removeEventListener("abort", onAbort);

@@ -18,6 +18,7 @@ test("ChunkPool lends views of recycled buffers and ignores chunks it did not le
   assert.equal(pool.outstanding, 1);
   const c = pool.acquire(512);
   assert.equal(c.buffer, b.buffer, "the released buffer is reused");
+  assert.equal(pool.allocated, 2, "two buffers allocated, the third lend reused one");
   assert.equal(c.byteOffset, b.byteOffset);
   assert.throws(() => pool.acquire(1025), /assertion failed/);
   assert.throws(() => pool.acquire(0), /assertion failed/);

@@ -30,6 +30,9 @@ export class ChunkPool {
     assert(Number.isInteger(chunkBytes) && chunkBytes > 0 && Number.isInteger(maxIdle) && maxIdle >= 0, "chunk pool sizes");
   }
 
+  /** Buffers allocated so far (a lend that found no idle buffer): a backup that keeps allocating has too few idle buffers for what its consumer holds. */
+  allocated = 0;
+
   /** Buffers lent and not yet returned. */
   get outstanding(): number {
     return this.lent.size;
@@ -37,7 +40,11 @@ export class ChunkPool {
 
   acquire(bytes: number): Buffer {
     assert(bytes > 0 && bytes <= this.chunkBytes, `chunk of ${bytes} bytes from a pool of ${this.chunkBytes}-byte buffers`);
-    const base = this.idle.pop() ?? Buffer.allocUnsafeSlow(this.chunkBytes); // own memory, never a shared slab
+    let base = this.idle.pop();
+    if (base === undefined) {
+      base = Buffer.allocUnsafeSlow(this.chunkBytes); // own memory, never a shared slab
+      this.allocated++;
+    }
     const view = base.subarray(0, bytes);
     this.lent.set(view, base);
     return view;

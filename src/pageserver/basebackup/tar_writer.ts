@@ -145,12 +145,16 @@ export class TarWriter {
       sink.on("error", () => undefined);
       void (async () => {
         try {
-          let buf = Buffer.allocUnsafe(Math.min(COALESCE_BYTES, sizeBytes));
+          // The coalescing buffer is allocated when a small chunk needs it: a file whose chunks are
+          // large (a backup's page runs) passes them through and never pays for one.
+          let buf: Buffer | undefined;
           let used = 0;
+          // bytes a coalescing buffer can take: up to COALESCE_BYTES, never beyond the file's end
+          const room = () => Math.min(COALESCE_BYTES, sizeBytes - written);
           const flush = async () => {
-            if (used === 0) return;
+            if (used === 0 || buf === undefined) return;
             const full = sink.write(used === buf.length ? buf : buf.subarray(0, used));
-            buf = Buffer.allocUnsafe(Math.min(COALESCE_BYTES, sizeBytes - written));
+            buf = undefined;
             used = 0;
             if (!full && !sink.destroying) await drained(sink);
           };
@@ -159,15 +163,16 @@ export class TarWriter {
             // destroyed underneath us (consumer gone): the entry callback rejects with the cause
             if (sink.destroying) return;
             if (written + used + chunk.length > sizeBytes) throw new Error(`assertion failed: tar entry ${name} got more than its ${sizeBytes} bytes`);
-            if (used + chunk.length > buf.length) {
+            if (buf !== undefined && used + chunk.length > buf.length) {
               written += used;
               await flush();
             }
-            if (chunk.length >= buf.length) {
+            if (chunk.length >= (buf?.length ?? room())) {
               written += chunk.length;
               if (!sink.write(chunk) && !sink.destroying) await drained(sink);
               continue;
             }
+            buf ??= Buffer.allocUnsafe(room());
             buf.set(chunk, used);
             used += chunk.length;
             this.opts.release?.(chunk);

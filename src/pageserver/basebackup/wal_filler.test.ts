@@ -5,7 +5,7 @@ import { WalStreamDecoder } from "../../formats/wal/wal_stream_decoder.js";
 import { synthesizeShutdownCheckpointWal } from "../../formats/wal/wal_synthesis.js";
 import { RM_XLOG_ID, XLOG_CHECKPOINT_SHUTDOWN, XLOG_NOOP } from "../../formats/wal/rmgr/xlog.js";
 import type { CheckPoint } from "../../formats/wal/rmgr/xlog.js";
-import { noopRecordOfLength, walFillerBefore } from "./wal_filler.js";
+import { noopRecordOfLength, sparseNoopRecord, walFillerBefore } from "./wal_filler.js";
 
 const SEG = 16 * 1024 * 1024;
 const SYSID = 7_300_000_000_000_000_001n;
@@ -76,4 +76,17 @@ test("NOOP records of exact lengths, both data-header forms", () => {
   for (const n of [24, 32, 40, 256, 280, 288, 8152, 16 * 1024 * 1024 - 40]) assert.equal(noopRecordOfLength(n, lsn(0)).length, n);
   assert.throws(() => noopRecordOfLength(20, lsn(0)), /assertion failed/);
   assert.throws(() => noopRecordOfLength(33, lsn(0)), /assertion failed/);
+});
+
+test("a sparse NOOP (head + zeros) is byte for byte the encoded NOOP of its length", () => {
+  for (const n of [4096, 8152, 65536 + 24, 3 * 65536, 16 * 1024 * 1024 - 40]) {
+    const prev = lsn(0x3000028n);
+    const dense = noopRecordOfLength(n, prev);
+    const { head, totalBytes } = sparseNoopRecord(n, prev);
+    assert.equal(totalBytes, n);
+    const expanded = new Uint8Array(n);
+    expanded.set(head);
+    assert.ok(Buffer.from(expanded).equals(Buffer.from(dense)), `NOOP of ${n} bytes`);
+  }
+  assert.throws(() => sparseNoopRecord(4000, lsn(0)), /assertion failed/);
 });
