@@ -16,7 +16,7 @@ import { internalContext } from "./getpage.js";
 import { relBlockKey, type Key } from "./key.js";
 import { PageserverMetrics } from "./metrics.js";
 import { MaterializedPageCache } from "./page_cache.js";
-import { Timeline, type TimelineDeps } from "./timeline.js";
+import { BULK_INGEST_BYTES_PER_SEC, BULK_LAYER_BYTES, Timeline, type TimelineDeps } from "./timeline.js";
 import { Rng } from "./layers/test_support.js";
 
 const REL = { spcOid: 1663, dbOid: 5, relNumber: 16384, fork: 0 };
@@ -316,3 +316,84 @@ async function mkdirP(p: string): Promise<void> {
   const { mkdir } = await import("node:fs/promises");
   await mkdir(p, { recursive: true });
 }
+
+test("bulk ingest freezes layers early at BULK_LAYER_BYTES; WAL at streaming pace does not", async () => {
+  await withDir(async (root) => {
+    const deps = makeDeps({ checkpointDistanceBytes: 256 * 1024 * 1024 });
+    const id = generateTimelineId();
+    const tl = await Timeline.create(deps, join(root, id), id, { startLsn: lsn(0x100_0000) });
+    tl.activate();
+    try {
+      const rng = new Rng(3);
+      const bytes = page(rng);
+      const pages = (mib: number) => Math.ceil((mib * 1024 * 1024) / 8192);
+      const putPages = async (n: number, pauseEvery = 0, pauseMs = 0) => {
+        for (let i = 0; i < n; i++) {
+          const end = (tl.lastRecordLsn + 8200n) as Lsn;
+          await tl.put([{ key: relBlockKey(REL, i % 5000), lsn: end, value: { kind: "image", bytes } }]);
+          tl.finishRecord(end, tl.lastRecordLsn);
+          if (pauseEvery > 0 && i % pauseEvery === pauseEvery - 1) await new Promise((r) => setTimeout(r, pauseMs));
+        }
+      };
+      const deltas = async () => (await readdir(tl.dir)).filter((f) => f !== "metadata" && !f.startsWith("ephemeral-")).length;
+      // Bulk: 72 MiB as fast as this machine puts them (hundreds of MiB/s) -> frozen at ~32 MiB twice.
+      assert.ok(BULK_LAYER_BYTES === 32 * 1024 * 1024 && BULK_INGEST_BYTES_PER_SEC <= 16 * 1024 * 1024);
+      await putPages(pages(72));
+      await tl.checkpoint();
+      assert.equal(tl.diskConsistentLsn, tl.lastRecordLsn);
+      assert.equal(await deltas(), 3, "two early-frozen bulk layers and the rest");
+      // Streaming pace: 40 MiB at ~10 MiB/s (1 MiB, then 100 ms) -> one layer, up to the checkpoint.
+      await putPages(pages(40), pages(1), 100);
+      await tl.checkpoint();
+      assert.equal(await deltas(), 4, "WAL below the bulk pace stays in one layer");
+    } finally {
+      await tl.shutdown();
+      await deps.tasks.close(1000);
+    }
+    // Early freezes stop once compactionThreshold level-0 layers exist: 104 MiB -> 32 + 32 + 40.
+    const deps2 = makeDeps({ checkpointDistanceBytes: 256 * 1024 * 1024, compactionThreshold: 2 });
+    const id2 = generateTimelineId();
+    const tl2 = await Timeline.create(deps2, join(root, id2), id2, { startLsn: lsn(0x100_0000) });
+    tl2.activate();
+    try {
+      const bytes = page(new Rng(4));
+      for (let i = 0; i < Math.ceil((104 * 1024 * 1024) / 8192); i++) {
+        const end = (tl2.lastRecordLsn + 8200n) as Lsn;
+        await tl2.put([{ key: relBlockKey(REL, i % 5000), lsn: end, value: { kind: "image", bytes } }]);
+        tl2.finishRecord(end, tl2.lastRecordLsn);
+      }
+      await tl2.checkpoint();
+      const names = (await readdir(tl2.dir)).filter((f) => f !== "metadata" && !f.startsWith("ephemeral-"));
+      assert.equal(names.length, 3, names.join(", "));
+    } finally {
+      await tl2.shutdown();
+      await deps2.tasks.close(1000);
+    }
+  });
+});
+
+test("a flush that fails on the flush worker marks the timeline broken with the reason; disk_consistent_lsn stays", async () => {
+  await withDir(async (root) => {
+    const deps = makeDeps();
+    const id = generateTimelineId();
+    const tl = await Timeline.create(deps, join(root, id), id, { startLsn: lsn(0x100_0000) });
+    tl.activate();
+    try {
+      const rng = new Rng(9);
+      await ingest(tl, rng, 20, 5, new Map());
+      await tl.checkpoint();
+      const durable = tl.diskConsistentLsn;
+      assert.equal(durable, tl.lastRecordLsn);
+      await ingest(tl, rng, 5, 5, new Map());
+      // The layer file cannot be created: its directory is gone (the ephemeral file stays open).
+      await rm(tl.dir, { recursive: true, force: true });
+      await assert.rejects(tl.checkpoint(), (e: unknown) => e instanceof StrataError && e.code === "io_error");
+      assert.equal(tl.state, "broken");
+      assert.match(tl.brokenReason ?? "", /flush of in-memory layer at .* failed: Cannot create layer file/);
+      assert.equal(tl.diskConsistentLsn, durable);
+    } finally {
+      await tl.shutdown();
+      await deps.tasks.close(1000);
+    }
+  });
+});

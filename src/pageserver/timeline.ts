@@ -32,7 +32,26 @@
  * The open layer is frozen at the checkpoint distance (checked when a record
  * finishes) or after the checkpoint timeout (checked by the flush task, and
  * only between records). Frozen layers are flushed oldest first by one flush
- * task (TaskManager kind layer_flush), or synchronously by `checkpoint()`.
+ * task (TaskManager kind layer_flush), or synchronously by `checkpoint()`;
+ * the file is written on the flush worker thread (layers/flush_worker.ts)
+ * while ingest goes on here, and the timeline advances disk_consistent_lsn
+ * once the worker reports the file durable.
+ *
+ * Bulk ingest: while WAL arrives faster than BULK_INGEST_BYTES_PER_SEC
+ * (catch-up after a restart, a data load, a benchmark), layers are frozen
+ * early, at BULK_LAYER_BYTES. The flush of each runs on the worker beside the
+ * ingest of the next, so when the burst ends at most a small layer (~0.1 s
+ * of flush) is left to write and disk_consistent_lsn follows the burst
+ * closely, instead of a checkpoint distance of WAL waiting to be flushed.
+ * The pace is measured over the last BULK_PROBE_BYTES put in the open layer
+ * (a layer opened during a slow phase still qualifies once WAL speeds up).
+ * The cost is more level-0 layers during bursts, each still tens of MiB:
+ * layers are frozen early only while fewer than the tenant's
+ * compactionThreshold level-0 layers exist (flushed or frozen), so reads
+ * visit at most that many small ones before compaction merges them (it
+ * merges bytes, not files: the same work for smaller layers), and a long
+ * burst goes on with full-size layers. WAL at streaming pace never
+ * triggers it.
  * If more than MAX_FROZEN_LAYERS wait, `finishRecord` callers should await
  * `flushBackpressure()` so memory stays bounded when disks are slow.
  *
@@ -59,12 +78,13 @@ import { formatLsn, INVALID_LSN, lsnAlign, lsnMin, type Lsn } from "../lib/lsn.j
 import type { RequestContext, TaskManager } from "../lib/tasks.js";
 import type { WalRedoPool } from "../walredo/pool.js";
 import { parseControlFile } from "../formats/pg_control.js";
-import { CONTROLFILE_KEY, formatKey, type Key } from "./key.js";
+import { CONTROLFILE_KEY, formatKey, KEY_END, KEY_MIN, type Key } from "./key.js";
 import { fsyncDir } from "./layers/layer_file.js";
 import { readValue, readPage } from "./getpage.js";
 import type { TenantConfig } from "./config.js";
 import type { DatadirPut, DatadirReader } from "./datadir.js";
 import type { FastDatadirWriter, FastIngestTarget } from "./walingest.js";
+import { prewarmFlushWorker } from "./layers/flush_worker.js";
 import { InMemoryLayer } from "./layers/inmemory_layer.js";
 import type { Layer } from "./layers/layer.js";
 import { PersistentLayer } from "./layers/layer.js";
@@ -87,6 +107,22 @@ export type TimelineState = "active" | "broken" | "stopping" | "stopped";
 export const MAX_FROZEN_LAYERS = 4;
 /** LSNs up to here are exact as JavaScript numbers. */
 const MAX_EXACT_LSN = BigInt(Number.MAX_SAFE_INTEGER);
+/** Layer size during bulk ingest (module comment): ~0.1 s of flush, so a burst's tail is short, and not a small file. */
+export const BULK_LAYER_BYTES = 32 * 1024 * 1024;
+/** Bulk pace is judged over this much of the open layer's growth: a few hundred ms of bulk WAL, one clock read per step. */
+const BULK_PROBE_BYTES = 8 * 1024 * 1024;
+/**
+ * WAL filling the open layer at least this fast is bulk ingest: a busy OLTP
+ * primary writes a few MB/s, so only catch-up and loads reach it.
+ */
+export const BULK_INGEST_BYTES_PER_SEC = 16 * 1024 * 1024;
+/**
+ * finishRecord reads the clock for the (time, LSN) history (gc.ts) once per
+ * this many records, the flush task once per tick: a clock read costs ~150 ns
+ * on the test VM (kvm-clock), a few percent of ingest when done per record,
+ * while the history keeps at most one sample a second anyway.
+ */
+const LSN_TIME_SAMPLE_RECORDS = 256;
 /** The flush task wakes at least this often to check the checkpoint timeout. */
 const FLUSH_TASK_TICK_MS = 1_000;
 
@@ -151,6 +187,13 @@ export class Timeline implements DatadirReader, FastDatadirWriter {
   private openLayer: InMemoryLayer | undefined;
   private openLayerSinceMs = 0;
   private freezeRequested = false;
+  /** Records finished since the last (time, LSN) sample (LSN_TIME_SAMPLE_RECORDS). */
+  private recordsSinceTimeSample = LSN_TIME_SAMPLE_RECORDS - 1;
+  /** Size of the open layer at which its WAL pace is next checked (bulk ingest, module comment). */
+  private bulkProbeBytes = BULK_LAYER_BYTES;
+  /** The open layer's size and the time at the previous pace check (or its creation). */
+  private bulkProbeFromBytes = 0;
+  private bulkProbeFromMs = 0;
   private readonly frozen = new Map<InMemoryLayer, FrozenInfo>();
   private readonly layerSizes = new Map<string, number>();
   private waiters: Array<{ lsn: Lsn; resolve: () => void }> = [];
@@ -478,9 +521,13 @@ export class Timeline implements DatadirReader, FastDatadirWriter {
 
   private createOpenLayer(): InMemoryLayer {
     const layer = InMemoryLayer.create({ dir: this.dir, startLsn: (this._lastRecordLsn + 1n) as Lsn });
+    prewarmFlushWorker();
     this.openLayer = layer;
     this.layers.setOpenLayer(layer);
     this.openLayerSinceMs = Date.now();
+    this.bulkProbeBytes = BULK_LAYER_BYTES;
+    this.bulkProbeFromBytes = 0;
+    this.bulkProbeFromMs = this.openLayerSinceMs;
     return layer;
   }
 
@@ -513,10 +560,42 @@ export class Timeline implements DatadirReader, FastDatadirWriter {
     }
     this._lastRecordLsn = end;
     this._prevRecordLsn = prevRecordLsn;
-    this.lsnTimeHistory.record(Date.now(), end);
+    if (++this.recordsSinceTimeSample >= LSN_TIME_SAMPLE_RECORDS) {
+      this.recordsSinceTimeSample = 0;
+      this.lsnTimeHistory.record(Date.now(), end);
+    }
     this.wakeWaiters();
     const open = this.openLayer;
-    if (open !== undefined && (this.freezeRequested || open.sizeBytes >= this.deps.conf().checkpointDistanceBytes)) this.freezeOpenLayer();
+    if (open === undefined) return;
+    if (this.freezeRequested) {
+      this.freezeOpenLayer();
+      return;
+    }
+    const size = open.sizeBytes;
+    if (size >= this.deps.conf().checkpointDistanceBytes) this.freezeOpenLayer();
+    else if (size >= this.bulkProbeBytes) this.bulkProbe(size);
+  }
+
+  /** Level-0 layers: flushed ones (deltas over all keys) and frozen in-memory ones. */
+  private level0Count(): number {
+    let n = this.frozen.size;
+    for (const l of this.layers.historicLayers()) {
+      if (l.desc.kind === "delta" && l.desc.keyRange.start === KEY_MIN && l.desc.keyRange.end === KEY_END) n++;
+    }
+    return n;
+  }
+
+  /** Bulk ingest (module comment): freezes the open layer if its last BULK_PROBE_BYTES arrived at bulk pace. */
+  private bulkProbe(size: number): void {
+    const now = Date.now();
+    const elapsedMs = Math.max(1, now - this.bulkProbeFromMs);
+    if ((size - this.bulkProbeFromBytes) * 1000 >= BULK_INGEST_BYTES_PER_SEC * elapsedMs && this.level0Count() < this.deps.conf().compactionThreshold) {
+      this.freezeOpenLayer();
+      return;
+    }
+    this.bulkProbeFromBytes = size;
+    this.bulkProbeFromMs = now;
+    this.bulkProbeBytes = size + BULK_PROBE_BYTES;
   }
 
   /**
@@ -587,7 +666,7 @@ export class Timeline implements DatadirReader, FastDatadirWriter {
       const [layer, info] = next.value;
       const t0 = process.hrtime.bigint();
       try {
-        const written = await layer.writeDeltaLayer(this.dir, signal === undefined ? {} : { signal });
+        const written = await layer.writeDeltaLayerOffThread(this.dir, signal === undefined ? {} : { signal });
         const persistent = new PersistentLayer(this.dir, written.desc, this.deps.indexCache === undefined ? {} : { cache: this.deps.indexCache });
         this.layers.replaceFrozen(layer, persistent);
         this.layerSizes.set(persistent.fileName, written.header.fileSizeBytes);
@@ -659,6 +738,11 @@ export class Timeline implements DatadirReader, FastDatadirWriter {
       });
       this.flushWake = undefined;
       if (signal.aborted || this.state !== "active") break;
+      if (this.recordsSinceTimeSample > 0) {
+        // (records finished since the last sample: an idle timeline adds none)
+        this.recordsSinceTimeSample = 0;
+        this.lsnTimeHistory.record(Date.now(), this._lastRecordLsn);
+      }
       const open = this.openLayer;
       const timedOut = open !== undefined && Date.now() - this.openLayerSinceMs >= this.deps.conf().checkpointTimeoutMs;
       if (timedOut) this.freezeOpenLayer();

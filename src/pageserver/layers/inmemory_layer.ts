@@ -41,21 +41,12 @@
  * is trivially the file order, and a buffer flush costs tens of microseconds.
  * Reads are synchronous positioned reads too (why: layer_file.ts).
  *
- * Flushing to a delta layer visits values in key order, i.e. in random file
- * order. One pread per value cost a third of ingest time (~5 µs each), and
- * reading the whole file into one buffer costs a layer's worth of fresh
- * memory per flush, whose first touch is the expensive part on the test VM
- * (~4-10 ms per MiB: reading 120 MiB into a new buffer took 520 ms, into an
- * already-used one 16 ms). So a flush works in key groups: it takes the next
- * keys whose values add up to at most FLUSH_GROUP_BYTES, reads their values
- * in file order through a FLUSH_READ_CHUNK_BYTES window (each read starts at
- * the next value still wanted, so gaps larger than the window are skipped)
- * into a group buffer, then writes them out in key order. Both buffers are
- * kept by the process between flushes (one pair; a concurrent flush of
- * another timeline allocates its own) and released after
- * FLUSH_BUFFER_IDLE_MS without a flush. A key whose versions alone exceed
- * the group buffer is read value by value. The delta writer's awaits on its
- * 1 MiB output writes yield to the event loop regularly.
+ * Flushing to a delta layer (frozen_layer_flush.ts) visits values in key
+ * order, reading the ephemeral file in key groups through reused buffers; it
+ * runs either on this thread (`writeDeltaLayer`) or on the flush worker
+ * thread (`writeDeltaLayerOffThread`, flush_worker.ts), which reads the same
+ * file descriptor and the index arrays, kept on SharedArrayBuffers for that,
+ * without a copy. Both write the same bytes.
  *
  * Invariants: LSNs of puts never decrease; (key, LSN) is unique; every LSN is
  * in [startLsn, endLsn) once frozen. A value is entirely in the file or
@@ -68,67 +59,25 @@ import { join } from "node:path";
 import { assert, StrataError } from "../../lib/errors.js";
 import { formatLsn, lsnMax, lsnMin, type Lsn } from "../../lib/lsn.js";
 import { formatKey, type Key } from "../key.js";
-import { DeltaLayerWriter, type WrittenLayer } from "./delta_layer.js";
+import type { WrittenLayer } from "./delta_layer.js";
+import { flushOnWorker } from "./flush_worker.js";
+import { FLUSH_BUFFER_IDLE_MS, writeFrozenLayer, type FrozenFlushOptions, type FrozenLayerSnapshot } from "./frozen_layer_flush.js";
+export { FLUSH_BUFFER_IDLE_MS };
 import { MAX_VALUE_BYTES } from "./layer_file.js";
 import type { LayerDesc } from "./layer_name.js";
-import { FULL_KEY_RANGE, LSN_UNBOUNDED, type KeyRange, type LsnRange } from "./range.js";
+import { FULL_KEY_RANGE, LSN_UNBOUNDED, type LsnRange } from "./range.js";
 import {
   decodeValue, encodedValueSize, encodeValue, encodeValueInto, isBase, WAL_OVERHEAD_BYTES, type GetValuesOptions, type RedoEngine, type Value, type ValueEntry,
 } from "./value.js";
 
 /** Write buffer: 256 KiB amortizes syscalls over ~30 page images or thousands of small records. */
 export const DEFAULT_INMEMORY_WRITE_BUFFER_BYTES = 256 * 1024;
-/** Value bytes of one flush group (see the module comment): 16 MiB keeps passes over a 256 MiB layer few. */
-export const FLUSH_GROUP_BYTES = 16 * 1024 * 1024;
-/** Read window of a flush group's sweep over the ephemeral file. */
-export const FLUSH_READ_CHUNK_BYTES = 1024 * 1024;
-/** Kept flush buffers unused this long are released (the next flush allocates again). */
-export const FLUSH_BUFFER_IDLE_MS = 30_000;
-/**
- * Largest gap between two values one read of the flush sweep covers: a
- * positioned read costs a few microseconds, about what copying this many
- * bytes of the OS page cache costs.
- */
-const FLUSH_RUN_GAP_BYTES = 32 * 1024;
-/** Values up to this size are copied by a loop in the flush sweep (a native copy's call costs more). */
-const SMALL_COPY_BYTES = 64;
+/** (flush buffer sizes: frozen_layer_flush.ts) */
+export { FLUSH_GROUP_BYTES, FLUSH_READ_CHUNK_BYTES } from "./frozen_layer_flush.js";
 /** Initial rows of the version index (grows by doubling): small layers stay small. */
 const INITIAL_ROWS = 1024;
 /** Initial key slots (grows by doubling). */
 const INITIAL_SLOTS = 256;
-
-interface FlushBuffers {
-  readonly group: Buffer;
-  readonly chunk: Buffer;
-}
-
-/** The flush buffers the process keeps between flushes (see the module comment). */
-class FlushBufferPool {
-  private kept: FlushBuffers | undefined;
-  private busy = false;
-  private timer: NodeJS.Timeout | undefined;
-
-  acquire(): FlushBuffers {
-    if (this.busy) return { group: Buffer.allocUnsafe(FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(FLUSH_READ_CHUNK_BYTES) };
-    this.busy = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
-    this.kept ??= { group: Buffer.allocUnsafe(FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(FLUSH_READ_CHUNK_BYTES) };
-    return this.kept;
-  }
-
-  release(b: FlushBuffers): void {
-    if (b !== this.kept || !this.busy) return;
-    this.busy = false;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      if (!this.busy) this.kept = undefined;
-    }, FLUSH_BUFFER_IDLE_MS);
-    this.timer.unref();
-  }
-}
-
-const flushBufferPool = new FlushBufferPool();
 
 /** The version index's row arrays (see the module comment). */
 interface RowArrays {
@@ -155,7 +104,7 @@ class RowArrayPool {
     this.kept = undefined;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
-    return k ?? { lsn: new Float64Array(INITIAL_ROWS), off: new Float64Array(INITIAL_ROWS), len: new Int32Array(INITIAL_ROWS), prev: new Int32Array(INITIAL_ROWS) };
+    return k ?? { lsn: sharedF64(INITIAL_ROWS), off: sharedF64(INITIAL_ROWS), len: sharedI32(INITIAL_ROWS), prev: sharedI32(INITIAL_ROWS) };
   }
 
   give(rows: RowArrays): void {
@@ -171,6 +120,18 @@ class RowArrayPool {
 }
 
 const rowArrayPool = new RowArrayPool();
+
+/**
+ * Index arrays live on SharedArrayBuffers: the flush worker reads a frozen
+ * layer's index without a copy (frozen_layer_flush.ts). Same speed as plain
+ * typed arrays for ordinary element access.
+ */
+function sharedF64(n: number): Float64Array {
+  return new Float64Array(new SharedArrayBuffer(n * Float64Array.BYTES_PER_ELEMENT));
+}
+function sharedI32(n: number): Int32Array {
+  return new Int32Array(new SharedArrayBuffer(n * Int32Array.BYTES_PER_ELEMENT));
+}
 
 /** Rough heap cost of one index row (LSN, offset, length, previous row); part of the size estimate. */
 const INDEX_BYTES_PER_ENTRY = 24;
@@ -223,7 +184,7 @@ export class InMemoryLayer {
   /** slot -> key. */
   private slotKeys: Key[] = [];
   /** slot -> newest row of the key. */
-  private slotHead = new Int32Array(INITIAL_SLOTS);
+  private slotHead = sharedI32(INITIAL_SLOTS);
   /** Per row: LSN - startLsn, file offset, value length, previous row of the same key (-1: none). */
   private rowLsn: Float64Array;
   private rowOff: Float64Array;
@@ -321,7 +282,7 @@ export class InMemoryLayer {
       }
       slot = this.slots.size;
       if (slot === this.slotHead.length) {
-        const grown = new Int32Array(slot * 2);
+        const grown = sharedI32(slot * 2);
         grown.set(this.slotHead);
         this.slotHead = grown;
       }
@@ -449,16 +410,16 @@ export class InMemoryLayer {
 
   private growRows(): void {
     const n = this.rowLsn.length * 2;
-    const lsns = new Float64Array(n);
+    const lsns = sharedF64(n);
     lsns.set(this.rowLsn);
     this.rowLsn = lsns;
-    const offs = new Float64Array(n);
+    const offs = sharedF64(n);
     offs.set(this.rowOff);
     this.rowOff = offs;
-    const lens = new Int32Array(n);
+    const lens = sharedI32(n);
     lens.set(this.rowLen);
     this.rowLen = lens;
-    const prevs = new Int32Array(n);
+    const prevs = sharedI32(n);
     prevs.set(this.rowPrev);
     this.rowPrev = prevs;
   }
@@ -496,186 +457,37 @@ export class InMemoryLayer {
     return out;
   }
 
-  /** Rows of `slot`, oldest first, into `out` from `at`; returns the count. */
-  private rowsOf(slot: number, out: Int32Array, at: number): number {
-    let n = 0;
-    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) n++;
-    let i = at + n - 1;
-    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) out[i--] = row;
-    return n;
-  }
-
-  /**
-   * Writes the frozen layer's content to a new delta layer file in `dir`.
-   * The key range defaults to all keys, which marks the file as level 0.
-   * Cancelling `signal` abandons the partial file and rejects with "cancelled".
-   * `groupBytes` / `readChunkBytes` override the flush buffer sizes (tests).
-   */
-  async writeDeltaLayer(
-    dir: string,
-    opts: { keyRange?: KeyRange; generation?: number; indexPageSizeBytes?: number; signal?: AbortSignal; groupBytes?: number; readChunkBytes?: number } = {},
-  ): Promise<WrittenLayer> {
+  /** The frozen layer as plain data for a flush (frozen_layer_flush.ts); valid until `close`. */
+  snapshot(): FrozenLayerSnapshot {
     if (this.endLsn === undefined) throw new StrataError("invalid_argument", "Cannot flush an in-memory layer that is not frozen");
     assert(!this.closed, "flush of a closed in-memory layer");
-    const writer = await DeltaLayerWriter.create({
-      dir,
-      keyRange: opts.keyRange ?? FULL_KEY_RANGE,
-      lsnRange: { start: this.startLsn, end: this.endLsn },
-      ...(opts.generation === undefined ? {} : { generation: opts.generation }),
-      ...(opts.indexPageSizeBytes === undefined ? {} : { indexPageSizeBytes: opts.indexPageSizeBytes }),
-    });
-    const custom = opts.groupBytes !== undefined || opts.readChunkBytes !== undefined;
-    const bufs = custom
-      ? { group: Buffer.allocUnsafe(opts.groupBytes ?? FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(opts.readChunkBytes ?? FLUSH_READ_CHUNK_BYTES) }
-      : flushBufferPool.acquire();
-    try {
-      // Slots in key order; per slot its value bytes (the group planning below sums them).
-      const nslots = this.slots.size;
-      const order = new Int32Array(nslots);
-      for (let i = 0; i < nslots; i++) order[i] = i;
-      const keys = this.slotKeys;
-      order.sort((a, b) => (keys[a]! < keys[b]! ? -1 : 1));
-      const slotBytes = new Float64Array(nslots);
-      const slotRows = new Int32Array(nslots);
-      for (let s = 0; s < nslots; s++) {
-        let sum = 0;
-        let n = 0;
-        for (let row = this.slotHead[s]!; row >= 0; row = this.rowPrev[row]!) {
-          sum += this.rowLen[row]!;
-          n++;
-        }
-        slotBytes[s] = sum;
-        slotRows[s] = n;
-      }
-      const exactLsn = this.endLsn <= BigInt(Number.MAX_SAFE_INTEGER);
-      const rowSlot = new Int32Array(this.entryCount);
-      let k = 0;
-      while (k < nslots) {
-        if (opts.signal?.aborted === true) {
-          throw new StrataError("cancelled", `Flush of in-memory layer at ${formatLsn(this.startLsn)} cancelled`, { cause: opts.signal.reason });
-        }
-        // The group: slots order[k, end) whose values fit the group buffer (at least one key).
-        let end = k;
-        let total = 0;
-        let count = 0;
-        while (end < nslots) {
-          const s = order[end]!;
-          if (end > k && total + slotBytes[s]! > bufs.group.length) break;
-          total += slotBytes[s]!;
-          count += slotRows[s]!;
-          end++;
-        }
-        if (total > bufs.group.length) await this.writeKeyValueByValue(writer, order[k]!, exactLsn);
-        else await this.writeGroup(writer, order, k, end, count, bufs, rowSlot, exactLsn);
-        k = end;
-      }
-      return await writer.finish();
-    } catch (e) {
-      await writer.abort();
-      throw e;
-    } finally {
-      if (!custom) flushBufferPool.release(bufs);
-    }
-  }
-
-  /** Puts one row's value into the delta writer (the LSN as a number when exact). */
-  private putRow(writer: DeltaLayerWriter, key: Key, row: number, value: Uint8Array, exactLsn: boolean): Promise<void> | undefined {
-    const rel = this.rowLsn[row]!;
-    if (exactLsn) return writer.putEncodedAtNumber(key, Number(this.startLsn) + rel, value);
-    return writer.putEncoded(key, (this.startLsn + BigInt(rel)) as Lsn, value);
+    assert(this.bufLen === 0, "a frozen layer's values are all in the file");
+    return {
+      path: this.path, fd: this.fd, fileLen: this.fileLen, startLsn: this.startLsn, endLsn: this.endLsn,
+      slotKeys: this.slotKeys, slotHead: this.slotHead, rowLsn: this.rowLsn, rowOff: this.rowOff, rowLen: this.rowLen, rowPrev: this.rowPrev,
+      entryCount: this.entryCount,
+    };
   }
 
   /**
-   * Reads the values of the slots order[from, to) (`count` rows) in file
-   * order into the group buffer, then writes them in key order. `rowSlot`
-   * (one element per row of the layer, reused across groups) maps a row to
-   * its place in the group buffer.
+   * Writes the frozen layer's content to a new delta layer file in `dir`, on
+   * this thread (frozen_layer_flush.ts). The key range defaults to all keys,
+   * which marks the file as level 0. Cancelling `signal` abandons the partial
+   * file and rejects with "cancelled". `groupBytes` / `readChunkBytes`
+   * override the flush buffer sizes (tests).
    */
-  private async writeGroup(
-    writer: DeltaLayerWriter, order: Int32Array, from: number, to: number, count: number, bufs: FlushBuffers, rowSlot: Int32Array, exactLsn: boolean,
-  ): Promise<void> {
-    const { chunk } = bufs;
-    const group = new Uint8Array(bufs.group.buffer, bufs.group.byteOffset, bufs.group.length);
-    const chunkU8 = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
-    // Rows in key order (oldest first per key), each given its place in the group buffer.
-    const rows = new Int32Array(count);
-    let n = 0;
-    for (let k = from; k < to; k++) n += this.rowsOf(order[k]!, rows, n);
-    let slot = 0;
-    for (let i = 0; i < count; i++) {
-      const row = rows[i]!;
-      rowSlot[row] = slot;
-      slot += this.rowLen[row]!;
-    }
-    // File order = row order (see the invariants): a plain numeric sort, no comparator.
-    const byFile = rows.slice().sort();
-    // Sweep in file order, in runs: a run starts at the next wanted value and
-    // takes the following ones while the gap to each is at most
-    // FLUSH_RUN_GAP_BYTES and the run fits the read window. A run of one
-    // value is read straight into its place in the group buffer; a longer
-    // one into the window, and its values copied out. (Skipping the bytes of
-    // other groups' values between runs keeps each group's pass over the
-    // file from reading all of it.)
-    let p = 0;
-    while (p < count) {
-      const first = byFile[p]!;
-      const start = this.rowOff[first]!;
-      let end = start + this.rowLen[first]!;
-      let q = p + 1;
-      while (q < count) {
-        const o = this.rowOff[byFile[q]!]!;
-        const e = Math.max(end, o + this.rowLen[byFile[q]!]!);
-        if (o - end > FLUSH_RUN_GAP_BYTES || e - start > chunk.length) break;
-        end = e;
-        q++;
-      }
-      if (q === p + 1) {
-        const at = rowSlot[first]!;
-        this.readValueSync(start, end - start, bufs.group.subarray(at, end - start + at));
-        p = q;
-        continue;
-      }
-      this.readValueSync(start, end - start, chunk);
-      for (; p < q; p++) {
-        const r = byFile[p]!;
-        const rel = this.rowOff[r]! - start;
-        const len = this.rowLen[r]!;
-        const to = rowSlot[r]!;
-        if (len > SMALL_COPY_BYTES) group.set(chunkU8.subarray(rel, rel + len), to);
-        else for (let i = 0; i < len; i++) group[to + i] = chunkU8[rel + i]!;
-      }
-    }
-    let i = 0;
-    for (let k = from; k < to; k++) {
-      const s = order[k]!;
-      const key = this.slotKeys[s]!;
-      for (let last = i + this.rowCount(s); i < last; i++) {
-        const row = rows[i]!;
-        const at = rowSlot[row]!;
-        const pending = this.putRow(writer, key, row, group.subarray(at, at + this.rowLen[row]!), exactLsn);
-        if (pending !== undefined) await pending;
-      }
-    }
+  async writeDeltaLayer(dir: string, opts: FrozenFlushOptions = {}): Promise<WrittenLayer> {
+    return await writeFrozenLayer(this.snapshot(), dir, opts);
   }
 
-  private rowCount(slot: number): number {
-    let n = 0;
-    for (let row = this.slotHead[slot]!; row >= 0; row = this.rowPrev[row]!) n++;
-    return n;
-  }
-
-  /** Writes the versions of one key too large for a group, one pread per value. */
-  private async writeKeyValueByValue(writer: DeltaLayerWriter, slot: number, exactLsn: boolean): Promise<void> {
-    const rows = new Int32Array(this.rowCount(slot));
-    this.rowsOf(slot, rows, 0);
-    const key = this.slotKeys[slot]!;
-    let scratch = Buffer.allocUnsafe(0);
-    for (const row of rows) {
-      const len = this.rowLen[row]!;
-      if (scratch.length < len) scratch = Buffer.allocUnsafe(len);
-      const pending = this.putRow(writer, key, row, this.readValueSync(this.rowOff[row]!, len, scratch), exactLsn);
-      if (pending !== undefined) await pending;
-    }
+  /**
+   * writeDeltaLayer on the flush worker thread (flush_worker.ts): the same
+   * bytes, while this thread goes on ingesting. The layer must not be closed
+   * before the returned promise settles (it settles only once the worker no
+   * longer touches the file or the index).
+   */
+  async writeDeltaLayerOffThread(dir: string, opts: Omit<FrozenFlushOptions, "groupBytes" | "readChunkBytes"> = {}): Promise<WrittenLayer> {
+    return await flushOnWorker(this.snapshot(), dir, opts);
   }
 
   /** Releases the ephemeral file. The layer must no longer be read. */
