@@ -4,6 +4,7 @@
  *
  *   strata endpoint start NAME [--branch-name B] [--port P] [--pg-config KEY=VALUE]... [--tenant-id T] [--json]
  *   strata endpoint stop NAME [--immediate]
+ *   strata endpoint rejoin NAME [--json]   safekeepers that missed the start join the running compute
  *   strata endpoint list [--json]
  *
  * An endpoint is created by its first start (branch default main, port
@@ -17,6 +18,7 @@ import type { Command } from "commander";
 import { StrataError } from "../lib/errors.js";
 import { checkBranchFree, computePid, endpointStatus, startEndpointCompute, stopEndpointCompute, unknownEndpoint } from "../control_plane/endpoint.js";
 import { parsePgConfigItems } from "../control_plane/pg_settings.js";
+import { rejoinEndpoint } from "../control_plane/rejoin.js";
 import { allocatePorts, parsePort } from "../control_plane/ports.js";
 import { branchTimeline, checkName, chooseTenant, loadConfig, updateConfig } from "../control_plane/repo.js";
 import { action, collect, printJson, progressFor, repoOption, repoPaths, type RepoFlags } from "./cli_common.js";
@@ -86,6 +88,22 @@ export function register(program: Command): void {
         if (c.endpoints[name] === undefined) throw unknownEndpoint(c, name);
         const was = await stopEndpointCompute(paths, c, name, { immediate: flags.immediate === true });
         process.stdout.write(was ? `endpoint ${name} stopped\n` : `endpoint ${name} was not running\n`);
+      }),
+    );
+
+  repoOption(ep.command("rejoin <name>"))
+    .description("register every reachable safekeeper with the running compute under its term and wait until they caught up")
+    .option("--json", "machine-readable output")
+    .option("--quiet", "no progress lines")
+    .action(
+      action("endpoint rejoin", async (name: string, flags: RepoFlags) => {
+        const paths = repoPaths(flags);
+        const c = await loadConfig(paths);
+        const r = await rejoinEndpoint(paths, c, name, progressFor(flags));
+        if (r === undefined) throw new StrataError("invalid_argument", `Endpoint ${name} is not running ("strata endpoint start ${name}" starts it on every reachable safekeeper)`);
+        if (flags.json) printJson(r);
+        else process.stdout.write(`endpoint ${name}: term ${r.term}, safekeepers streaming: ${r.streaming.join(", ") || "none"}${r.registered.length > 0 ? `; registered now: ${r.registered.join(", ")}` : ""}\n`);
+        if (r.problems.length > 0) throw new StrataError("unavailable", `Rejoin of endpoint ${name} left problems:\n  ${r.problems.join("\n  ")}`);
       }),
     );
 

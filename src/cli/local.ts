@@ -2,7 +2,9 @@
  * `strata init | start | stop | status | up`: the local deployment as a whole.
  *
  *   strata init [--safekeepers N] [--remote-storage URL]   repo dir + config (ports chosen free, persisted)
- *   strata start                                           start whatever is not running
+ *   strata start                                           start whatever is not running, then
+ *                                                          rejoin safekeepers to running endpoints
+ *                                                          (control_plane/rejoin.ts)
  *   strata stop [--immediate]                              endpoints, then pageserver, then safekeepers
  *   strata status [--json]                                 services, endpoints, tenants and timelines
  *   strata up [--safekeepers N]                            init if needed, start, default tenant,
@@ -20,10 +22,11 @@ import { isInitialized, loadConfig, updateConfig, type RepoConfig, type RepoPath
 import { initRepo, pageserverStatus, safekeeperStatuses, startServices, stopServices } from "../control_plane/services.js";
 import { endpointStatus, startEndpointCompute, stopEndpointCompute } from "../control_plane/endpoint.js";
 import { createRootBranch, createTenant, listTimelines } from "../control_plane/tenants.js";
+import { endpointSafekeeperLinks, rejoinAllEndpoints } from "../control_plane/rejoin.js";
 import type { Progress } from "../control_plane/progress.js";
 import { action, printJson, progressFor, repoOption, repoPaths, serviceCapabilities, type RepoFlags } from "./cli_common.js";
 import { StrataError } from "../lib/errors.js";
-import type { TenantId } from "../lib/id.js";
+import type { TenantId, TimelineId } from "../lib/id.js";
 
 /** The branch and endpoint `strata up` creates. */
 export const MAIN_BRANCH = "main";
@@ -60,7 +63,9 @@ export async function statusJson(paths: RepoPaths, c: RepoConfig) {
   const endpoints = [];
   for (const name of Object.keys(c.endpoints)) {
     const s = await endpointStatus(paths, c, name);
-    endpoints.push({ name, branch: s.branch, tenant_id: s.tenant_id, timeline_id: s.timeline_id, pid: s.pid, port: s.port, connstr: s.connstr, state: s.state, pgdata: s.pgdata });
+    // Which safekeepers stream from a running compute (one bounded read per safekeeper).
+    const safekeepers = s.state === "running" && s.timeline_id !== null ? await endpointSafekeeperLinks(c, s.tenant_id as TenantId, s.timeline_id as TimelineId, s.port) : [];
+    endpoints.push({ name, branch: s.branch, tenant_id: s.tenant_id, timeline_id: s.timeline_id, pid: s.pid, port: s.port, connstr: s.connstr, state: s.state, pgdata: s.pgdata, safekeepers });
   }
   const tenants = [];
   for (const id of Object.keys(c.tenants)) {
@@ -88,7 +93,10 @@ function printStatus(s: Awaited<ReturnType<typeof statusJson>>): void {
   out.push(`repo ${s.repo_dir}  remote storage ${s.remote_storage}`);
   out.push(`pageserver      ${pid(s.pageserver.pid)}  pg ${s.pageserver.pg_port}  http ${s.pageserver.http_port}  ${s.pageserver.datadir}`);
   for (const sk of s.safekeepers) out.push(`safekeeper ${sk.id}    ${pid(sk.pid)}  pg ${sk.pg_port}  http ${sk.http_port}  ${sk.datadir}`);
-  for (const e of s.endpoints) out.push(`endpoint ${e.name}  ${pid(e.pid)}  branch ${e.branch}  ${e.connstr}`);
+  for (const e of s.endpoints) {
+    const sks = e.safekeepers.length === 0 ? "" : `  safekeepers ${e.safekeepers.map((k) => `${k.id}:${k.state}`).join(" ")}`;
+    out.push(`endpoint ${e.name}  ${pid(e.pid)}  branch ${e.branch}  ${e.connstr}${sks}`);
+  }
   for (const t of s.tenants) {
     out.push(`tenant ${t.id}${t.default ? " (default)" : ""}  generation ${t.generation}`);
     for (const tl of t.timelines) {
@@ -114,14 +122,18 @@ export function register(program: Command): void {
     );
 
   repoOption(program.command("start"))
-    .description("start the safekeepers and the pageserver (whatever is not running)")
+    .description("start the safekeepers and the pageserver (whatever is not running), then rejoin safekeepers to running endpoints")
     .option("--quiet", "no progress lines")
     .action(
       action("start", async (flags: RepoFlags) => {
         const paths = repoPaths(flags);
         const c = await loadConfig(paths);
-        const r = await startServices(paths, c, await serviceCapabilities(), progressFor(flags));
+        const progress = progressFor(flags);
+        const r = await startServices(paths, c, await serviceCapabilities(), progress);
         process.stdout.write(Object.entries(r).map(([k, v]) => `${k}: ${v === "started" ? "started" : "already running"}`).join("\n") + "\n");
+        // Safekeepers that missed an endpoint start (or were down) join the running computes.
+        const joined = await rejoinAllEndpoints(paths, c, progress);
+        for (const j of joined) process.stdout.write(`endpoint ${j.endpoint}: term ${j.term}, safekeepers streaming: ${j.streaming.join(", ") || "none"}\n`);
       }),
     );
 

@@ -118,7 +118,7 @@ interface SkTimeline {
 }
 
 /** Step 1: the timeline exists on every running safekeeper. Returns the safekeepers that have it. */
-async function ensureSafekeeperTimelines(c: RepoConfig, tenant: TenantId, timeline: TimelineId, progress: Progress): Promise<number[]> {
+export async function ensureSafekeeperTimelines(c: RepoConfig, tenant: TenantId, timeline: TimelineId, progress: Progress): Promise<number[]> {
   let ps;
   try {
     ps = await getPsTimeline(c, tenant, timeline);
