@@ -746,6 +746,17 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
     }
   }
 
+  /** Decodes the CopyData messages at the head of `raw` into `out`; returns how many (the index of the first control message). */
+  private parseLeading(raw: readonly BackendMessage[], out: ServerReplicationMessage[]): number {
+    let i = 0;
+    for (; i < raw.length; i++) {
+      const m = raw[i]!;
+      if (m.kind !== "CopyData") break;
+      out.push(this.parsePayload(m));
+    }
+    return i;
+  }
+
   /**
    * Handles a message other than CopyData during streaming: the server's
    * CopyDone ends the stream (returns), an ErrorResponse or anything else throws.
@@ -789,12 +800,7 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
     while (!this.finished) {
       const raw = await this.client._readBatch();
       const out: ServerReplicationMessage[] = [];
-      let i = 0;
-      for (; i < raw.length; i++) {
-        const m = raw[i]!;
-        if (m.kind !== "CopyData") break;
-        out.push(this.parsePayload(m));
-      }
+      const i = this.parseLeading(raw, out);
       if (i === raw.length) return out;
       // A control message: hand back what precedes it first; it is read on the next call.
       if (out.length > 0) {
@@ -833,12 +839,7 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
       };
       const onRaw = (raw: BackendMessage[], more: boolean): void => {
         const out: ServerReplicationMessage[] = [];
-        let i = 0;
-        for (; i < raw.length; i++) {
-          const m = raw[i]!;
-          if (m.kind !== "CopyData") break;
-          out.push(this.parsePayload(m));
-        }
+        const i = this.parseLeading(raw, out);
         if (i === raw.length) {
           if (out.length > 0) handler(out, more);
           return;
