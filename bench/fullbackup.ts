@@ -214,7 +214,14 @@ await withRepo(async (repo) => {
       const cpu0 = pageserverCpuSeconds(s.pageserver.pid);
       const redo0 = await redoCalls(s.pageserver.http_port);
       let t = performance.now();
-      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, ...(at === "latest" ? {} : { lsn: at }), full: true }, tar);
+      // Phases of the fetch: first byte (the pageserver's set-up), last byte (the stream), then the file's fsync + rename.
+      let firstByteMs = 0;
+      let lastByteMs = 0;
+      const onProgress = () => {
+        lastByteMs = performance.now() - t;
+        if (firstByteMs === 0) firstByteMs = lastByteMs;
+      };
+      const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, ...(at === "latest" ? {} : { lsn: at }), full: true, onProgress }, tar);
       const fbMs = performance.now() - t;
       const fbCpu = pageserverCpuSeconds(s.pageserver.pid) - cpu0;
       const fbRedo = (await redoCalls(s.pageserver.http_port)) - redo0;
@@ -243,7 +250,8 @@ await withRepo(async (repo) => {
       ratios.push(ratio);
       console.log(
         `round ${round} (${label}): fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s ` +
-          `(pageserver CPU ${fbCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
+          `(first byte ${(firstByteMs / 1000).toFixed(2)} s, last byte ${(lastByteMs / 1000).toFixed(2)} s, fsync ${((fbMs - lastByteMs) / 1000).toFixed(2)} s; ` +
+          `pageserver CPU ${fbCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
           `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s; ratio ${ratio.toFixed(2)}`,
       );
     };
