@@ -45,7 +45,7 @@ import { connstrKeyValue, connstrUri, pgHbaConf, postgresqlConfBlock } from "./p
 import { chownToServerUser, psql, runPgTool, serverUser } from "./pg_tools.js";
 import { checkPortFree } from "./ports.js";
 import type { Progress } from "./progress.js";
-import { branchTimeline, type EndpointConf, type RepoConfig, type RepoPaths } from "./repo.js";
+import { branchTimeline, type EndpointConf, type RepoConfig, type RepoPaths, type SafekeeperConf } from "./repo.js";
 import { getPsTimeline, LOCALHOST, requireServices, safekeeperApi } from "./services.js";
 import { logTail, processExists } from "./supervisor.js";
 
@@ -279,11 +279,7 @@ export async function startEndpointCompute(paths: RepoPaths, c: RepoConfig, name
   await progress.step(`endpoint ${name}: starting PostgreSQL on port ${e.port}`, () => pgCtlStart(paths, name));
 
   // 7. Slots, reserving WAL from startLsn for every safekeeper.
-  const slots = c.safekeepers.map((sk) => `sk_${sk.id}`);
-  await psql(
-    e.port,
-    slots.map((s) => `SELECT pg_create_physical_replication_slot('${s}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${s}');`).join("\n"),
-  );
+  await ensureComputeSlots(e.port, c);
 
   // 8. Register with the safekeepers under the new term.
   const q = Math.floor(c.safekeepers.length / 2) + 1;
@@ -291,7 +287,7 @@ export async function startEndpointCompute(paths: RepoPaths, c: RepoConfig, name
   const errors: string[] = [];
   for (const sk of c.safekeepers) {
     try {
-      await callJson(safekeeperApi(sk), "PUT", `/v1/tenant/${tenant}/timeline/${timeline}/compute`, { connstr: connstrKeyValue(e.port), term: elected.term.toString(), start_lsn: formatLsn(startLsn) }, { timeoutMs: 30_000 });
+      await registerCompute(sk, tenant, timeline, connstrKeyValue(e.port), elected.term, formatLsn(startLsn));
       registered++;
     } catch (err) {
       errors.push((err as Error).message);
@@ -303,6 +299,25 @@ export async function startEndpointCompute(paths: RepoPaths, c: RepoConfig, name
   }
   await waitForSafekeepersConnected(c, tenant, timeline, skIds, progress);
   return { connstr: connstrUri(e.port), alreadyRunning: false, startLsn: formatLsn(startLsn), term: elected.term.toString(), backupBytes: backup.bytes };
+}
+
+/**
+ * Creates the physical slots sk_<id> of every configured safekeeper on the
+ * compute at `port` where missing (reserving WAL from now on); returns the
+ * names of the slots it created.
+ */
+export async function ensureComputeSlots(port: number, c: RepoConfig): Promise<string[]> {
+  const slots = c.safekeepers.map((sk) => `sk_${sk.id}`);
+  const created = await psql(
+    port,
+    slots.map((s) => `SELECT '${s}' FROM pg_create_physical_replication_slot('${s}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${s}');`).join("\n"),
+  );
+  return created === "" ? [] : created.split("\n");
+}
+
+/** Registers the compute at `connstr` with safekeeper `sk` for the timeline under `term`, its WAL starting at `startLsn`. */
+export async function registerCompute(sk: SafekeeperConf, tenant: TenantId, timeline: TimelineId, connstr: string, term: bigint, startLsn: string | null): Promise<void> {
+  await callJson(safekeeperApi(sk), "PUT", `/v1/tenant/${tenant}/timeline/${timeline}/compute`, { connstr, term: term.toString(), start_lsn: startLsn }, { timeoutMs: 30_000 });
 }
 
 /** Stops endpoint `name` (fast: shutdown checkpoint; immediate: no checkpoint). Returns false when it was not running. */

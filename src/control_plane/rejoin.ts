@@ -40,8 +40,8 @@ import { StrataError } from "../lib/errors.js";
 import type { TenantId, TimelineId } from "../lib/id.js";
 import { formatLsn, parseLsn, type Lsn } from "../lib/lsn.js";
 import { sleep } from "../lib/tasks.js";
-import { computePid, ensureSafekeeperTimelines, unknownEndpoint } from "./endpoint.js";
-import { callJson, getOptional, ServiceHttpError } from "./http_client.js";
+import { computePid, ensureComputeSlots, ensureSafekeeperTimelines, registerCompute, unknownEndpoint } from "./endpoint.js";
+import { getOptional, ServiceHttpError } from "./http_client.js";
 import { connstrKeyValue } from "./pg_settings.js";
 import { psql } from "./pg_tools.js";
 import type { Progress } from "./progress.js";
@@ -91,6 +91,11 @@ function computeRegistration(states: readonly (SkTimelineJson | undefined | Erro
   return best;
 }
 
+/** The safekeeper holds the registration of the compute at `connstr` under `term`. */
+function registeredFor(s: SkTimelineJson, connstr: string, term: bigint): boolean {
+  return s.compute !== null && s.compute.connstr === connstr && BigInt(s.compute.term) === term;
+}
+
 /** Per safekeeper: does it stream from the endpoint's compute? (For `strata status`; never throws.) */
 export async function endpointSafekeeperLinks(c: RepoConfig, tenant: TenantId, timeline: TimelineId, port: number): Promise<SafekeeperLink[]> {
   const states = await Promise.all(c.safekeepers.map((sk) => readSk(sk, tenant, timeline)));
@@ -99,7 +104,7 @@ export async function endpointSafekeeperLinks(c: RepoConfig, tenant: TenantId, t
     const s = states[i];
     if (s instanceof Error) return { id: sk.id, state: "unreachable", term: null, flush_lsn: null };
     if (s === undefined) return { id: sk.id, state: "no_timeline", term: null, flush_lsn: null };
-    const mine = reg !== undefined && s.compute !== null && s.compute.connstr === connstrKeyValue(port) && BigInt(s.compute.term) === reg.term;
+    const mine = reg !== undefined && registeredFor(s, connstrKeyValue(port), reg.term);
     return { id: sk.id, state: !mine ? "other_compute" : s.compute?.connected === true ? "streaming" : "registered", term: String(s.term), flush_lsn: s.flush_lsn };
   });
 }
@@ -143,12 +148,8 @@ export async function rejoinEndpoint(paths: RepoPaths, c: RepoConfig, name: stri
   }
 
   // 3. Slots: the compute keeps WAL for every safekeeper (endpoint start step 7).
-  const slots = c.safekeepers.map((sk) => `sk_${sk.id}`);
-  const created = await psql(
-    e.port,
-    slots.map((s) => `SELECT '${s}' FROM pg_create_physical_replication_slot('${s}', true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '${s}');`).join("\n"),
-  );
-  if (created !== "") progress.line(`endpoint ${name}: created replication slot(s) ${created.split("\n").join(", ")}`);
+  const created = await ensureComputeSlots(e.port, c);
+  if (created.length > 0) progress.line(`endpoint ${name}: created replication slot(s) ${created.join(", ")}`);
 
   // 4. Registration under the compute's term.
   const registered: number[] = [];
@@ -167,10 +168,9 @@ export async function rejoinEndpoint(paths: RepoPaths, c: RepoConfig, name: stri
       problems.push(`safekeeper ${sk.id}: promised term ${s.term}, above the compute's term ${term}: endpoint ${name} was fenced by a newer election; restart it`);
       continue;
     }
-    const mine = s.compute !== null && s.compute.connstr === connstr && BigInt(s.compute.term) === term;
-    if (!mine) {
+    if (!registeredFor(s, connstr, term)) {
       try {
-        await callJson(safekeeperApi(sk), "PUT", `/v1/tenant/${tenant}/timeline/${timeline}/compute`, { connstr, term: term.toString(), start_lsn: reg.startLsn }, { timeoutMs: 30_000 });
+        await registerCompute(sk, tenant, timeline, connstr, term, reg.startLsn);
         registered.push(sk.id);
         progress.line(`safekeeper ${sk.id}: registered endpoint ${name}'s compute under term ${term} (it catches up from a peer, then streams)`);
       } catch (err) {
