@@ -1,7 +1,7 @@
 /**
  * Benchmark: what a strata safekeeper costs a committing PostgreSQL.
  *
- *   node dist/bench/safekeeper.js [--duration S] [--warmup S] [--clients N] [--scale N] [--rounds R]
+ *   node dist/bench/safekeeper.js [--duration S] [--warmup S] [--clients N] [--scale N] [--rounds R] [--rate TPS]
  *                                 [--baseline-main PATH/dist/src/cli/main.js] [--baseline-node-args "FLAGS"]
  *
  * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
@@ -23,6 +23,9 @@
  * `--baseline-node-args "FLAGS"` runs (a0) with extra node flags (e.g.
  * "--single-threaded-gc"; with this build unless `--baseline-main` is given):
  * a runtime setting measured the same way.
+ * `--rate TPS` throttles pgbench to a fixed rate (pgbench -R): the TPS then
+ * say nothing, but the standby's CPU per transaction at the same rate is a
+ * like-for-like cost per commit that a busy machine distorts much less.
  * For the standby process the bench prints its CPU per transaction (user +
  * system, from /proc) and, for strata, the fsyncs per transaction (from its
  * metrics): group commit shows there.
@@ -45,6 +48,8 @@ function arg(name: string, dflt: number): number {
 
 const DURATION_S = arg("--duration", 15);
 const CLIENTS = arg("--clients", 8);
+/** `--rate N`: pgbench -R (transactions per second, spread over the clients); 0 = as fast as possible. */
+const RATE = arg("--rate", 0);
 const SCALE = arg("--scale", 5);
 const ROUNDS = arg("--rounds", 1);
 /** Seconds of unmeasured pgbench before each measured run (every set-up alike). */
@@ -102,7 +107,8 @@ function percentile(sorted: number[], p: number): number {
 
 /** The pgbench load every set-up runs: CLIENTS clients for `seconds`. */
 function loadArgs(pg: PgServer, seconds: number): string[] {
-  return ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(seconds)];
+  const rate = RATE > 0 ? ["-R", String(RATE)] : [];
+  return ["-h", pg.host, "-p", String(pg.port), "-U", "postgres", "-c", String(CLIENTS), "-j", "2", "-T", String(seconds), ...rate];
 }
 
 /**
@@ -214,7 +220,7 @@ function fmt(r: Result): string {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
-  console.log(`pgbench -c ${CLIENTS} -j 2 -T ${DURATION_S}, scale ${SCALE}, synchronous_commit=on, primary fsync=on, ${ROUNDS} round(s)`);
+  console.log(`pgbench -c ${CLIENTS} -j 2 -T ${DURATION_S}${RATE > 0 ? ` -R ${RATE}` : ""}, scale ${SCALE}, synchronous_commit=on, primary fsync=on, ${ROUNDS} round(s)`);
   const pg = await startPostgres({ settings: { fsync: true, synchronous_commit: "on", max_wal_size: "1GB", checkpoint_timeout: "30min" } });
   try {
     await pg.pgbench(["-i", "-s", String(SCALE), "-q"]);

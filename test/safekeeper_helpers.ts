@@ -3,6 +3,7 @@
  * in-process and child-process safekeepers, HTTP calls, bounded waits, and
  * byte comparison of the safekeeper's WAL segments with a primary's pg_wal.
  */
+import { openSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { copyFile, mkdir, readFile, readdir, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -160,14 +161,15 @@ const STDERR_KEEP_CHARS = 500_000;
  * stderr, if it exits first). `mainJs`: another build's
  * dist/src/cli/main.js (the benchmark compares builds); default this one.
  * STRATA_CHILD_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") adds
- * node flags, for profiling a benchmark's child.
+ * node flags, for profiling a benchmark's child; STRATA_CHILD_STDOUT=FILE
+ * appends the child's stdout (where V8's --trace-* flags print) to FILE.
  */
 export async function startStrataChild(opts: { command: string; args: string[]; httpPort: number; mainJs?: string; nodeArgs?: string[]; env?: Record<string, string> }): Promise<StrataChild> {
   const mainJs = opts.mainJs ?? MAIN_JS;
   await stat(mainJs);
   const nodeArgs = [...(process.env.STRATA_CHILD_NODE_ARGS ?? "").split(" ").filter((a) => a !== ""), ...(opts.nodeArgs ?? [])];
   const proc = spawn(process.execPath, [...nodeArgs, mainJs, opts.command, ...opts.args, "--log-level", "info"], {
-    stdio: ["ignore", "ignore", "pipe"],
+    stdio: ["ignore", process.env.STRATA_CHILD_STDOUT ? openSync(process.env.STRATA_CHILD_STDOUT, "a") : "ignore", "pipe"],
     env: { ...process.env, ...opts.env },
   });
   let err = "";

@@ -7,8 +7,28 @@
  * removed when the timeline is deleted. LSN gauges hold the LSN as a number:
  * exact up to 2^53 (8 PiB of WAL), which is plenty for dashboards and lag
  * arithmetic; the HTTP API reports exact `X/Y` values.
+ *
+ * The figures the commit path changes on every fsync (WAL bytes received,
+ * fsyncs, flush and commit LSN) are not pushed into prom-client there:
+ * prom-client hashes the label set on every update, even through a bound
+ * child, and that cost sits in front of every acknowledgement. Each open
+ * timeline registers a source instead (`addTimeline`), keeps those figures
+ * as plain fields, and the four series are filled from the sources when
+ * the registry is scraped.
  */
+import type { Lsn } from "../lib/lsn.js";
 import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from "../lib/metrics.js";
+
+export interface TimelineLabels {
+  tenant_id: string;
+  timeline_id: string;
+}
+
+/** A timeline's hot-path figures, read when the metrics are scraped. */
+export interface TimelineSeriesSource {
+  readonly labels: TimelineLabels;
+  figures(): { walReceivedBytes: number; fsyncs: number; flushLsn: Lsn; commitLsn: Lsn };
+}
 
 export class SafekeeperMetrics {
   readonly walReceivedBytes: Counter<"tenant_id" | "timeline_id">;
@@ -28,19 +48,33 @@ export class SafekeeperMetrics {
   readonly walBackupErrors: Counter<"tenant_id" | "timeline_id">;
   readonly remoteWalDownloads: Counter<"tenant_id" | "timeline_id">;
 
+  /** Open timelines' sources by "tenant/timeline" (the newest open of a timeline wins). */
+  private readonly sources = new Map<string, TimelineSeriesSource>();
+
   constructor(registry: Registry) {
     const registers = [registry];
+    const sources = this.sources;
+    /** Every open timeline's figures (each of the four series reads them when it is collected). */
+    const figures = () => [...sources.values()].map((src) => ({ labels: src.labels, ...src.figures() }));
     this.walReceivedBytes = new Counter({
       name: "strata_safekeeper_wal_received_bytes_total",
       help: "WAL bytes received from computes and peers and written to local segments",
       labelNames: ["tenant_id", "timeline_id"],
       registers,
+      collect() {
+        this.reset();
+        for (const f of figures()) this.inc(f.labels, f.walReceivedBytes);
+      },
     });
     this.fsyncs = new Counter({
       name: "strata_safekeeper_fsyncs_total",
       help: "WAL fsyncs (each one makes every WAL byte written before it durable)",
       labelNames: ["tenant_id", "timeline_id"],
       registers,
+      collect() {
+        this.reset();
+        for (const f of figures()) this.inc(f.labels, f.fsyncs);
+      },
     });
     this.fsyncSeconds = new Histogram({
       name: "strata_safekeeper_wal_flush_seconds",
@@ -53,12 +87,18 @@ export class SafekeeperMetrics {
       help: "WAL fsynced on this safekeeper (LSN as a number)",
       labelNames: ["tenant_id", "timeline_id"],
       registers,
+      collect() {
+        for (const f of figures()) this.set(f.labels, Number(f.flushLsn));
+      },
     });
     this.commitLsn = new Gauge({
       name: "strata_safekeeper_commit_lsn",
       help: "WAL durable on a quorum, the limit of what is streamed to consumers (LSN as a number)",
       labelNames: ["tenant_id", "timeline_id"],
       registers,
+      collect() {
+        for (const f of figures()) this.set(f.labels, Number(f.commitLsn));
+      },
     });
     this.term = new Gauge({
       name: "strata_safekeeper_term",
@@ -127,8 +167,14 @@ export class SafekeeperMetrics {
     });
   }
 
+  /** An opened timeline's hot-path figures (replaces an earlier source of the same timeline). */
+  addTimeline(src: TimelineSeriesSource): void {
+    this.sources.set(`${src.labels.tenant_id}/${src.labels.timeline_id}`, src);
+  }
+
   /** Drops every per-timeline series of a deleted timeline. */
   forgetTimeline(tenantId: string, timelineId: string): void {
+    this.sources.delete(`${tenantId}/${timelineId}`);
     const labels = { tenant_id: tenantId, timeline_id: timelineId };
     for (const m of [this.walReceivedBytes, this.fsyncs, this.flushLsn, this.commitLsn, this.term, this.computeConnected, this.backupLsn, this.walBackupSegments, this.walBackupBytes, this.walBackupErrors, this.remoteWalDownloads]) {
       m.remove(labels);

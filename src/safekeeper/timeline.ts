@@ -218,13 +218,9 @@ export class Timeline implements ConsensusTimeline {
   private readonly mutex = new AsyncMutex();
   private readonly log: Logger;
   private readonly labels: { tenant_id: string; timeline_id: string };
-  /** Per-timeline metric series bound once (prom-client hashes label objects on every unbound call). */
-  private readonly series: {
-    walReceivedBytes: { inc(v?: number): void };
-    fsyncs: { inc(v?: number): void };
-    flushLsn: { set(v: number): void };
-    commitLsn: { set(v: number): void };
-  };
+  /** Hot-path figures, plain fields the metrics read when scraped (SafekeeperMetrics.addTimeline). */
+  private walReceivedBytes = 0;
+  private fsyncs = 0;
   private commit: Lsn;
   private compute_: ComputeRegistration | undefined;
   private computeConnected_ = false;
@@ -246,13 +242,10 @@ export class Timeline implements ConsensusTimeline {
     this.timelineId = store.timelineId;
     this.log = (opts.log ?? silentLogger()).child({ tenant_id: this.tenantId, timeline_id: this.timelineId });
     this.labels = { tenant_id: this.tenantId, timeline_id: this.timelineId };
-    const m = opts.metrics;
-    this.series = {
-      walReceivedBytes: m.walReceivedBytes.labels(this.labels),
-      fsyncs: m.fsyncs.labels(this.labels),
-      flushLsn: m.flushLsn.labels(this.labels),
-      commitLsn: m.commitLsn.labels(this.labels),
-    };
+    opts.metrics.addTimeline({
+      labels: this.labels,
+      figures: () => ({ walReceivedBytes: this.walReceivedBytes, fsyncs: this.fsyncs, flushLsn: this.flushLsn, commitLsn: this.commit }),
+    });
     this.compute_ = compute;
     this.events.setMaxListeners(0); // one listener per consumer connection
     const s = store.control.state;
@@ -605,7 +598,6 @@ export class Timeline implements ConsensusTimeline {
   setCommitLsn(l: Lsn): void {
     if (l <= this.commit) return;
     this.commit = l;
-    this.series.commitLsn.set(Number(l));
     this.events.emit("commit", l);
     this.maybePersistProgress();
   }
@@ -647,17 +639,25 @@ export class Timeline implements ConsensusTimeline {
    * same checks, same errors, same effects, returns the flush LSN; returns
    * undefined, having done nothing, when the caller must use
    * appendAndFlushFromCompute. Running to completion without yielding is
-   * what makes skipping the mutex safe.
+   * what makes skipping the mutex safe. `durable` runs as soon as the WAL
+   * is fsynced, before the timeline's own bookkeeping (metrics, waking
+   * WAL senders and peers): the compute's commits wait for the status
+   * update it sends, so nothing else belongs in front of it.
    */
-  appendAndFlushFromComputeNow(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Lsn | undefined {
+  appendAndFlushFromComputeNow(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array, durable?: (flushLsn: Lsn) => void): Lsn | undefined {
     if (!this.mutex.idle || this.closed) return undefined;
     this.checkComputeMayAppend(computeTerm);
     const before = this.flushLsn;
     const t0 = performance.now();
     const l = this.store.wal.appendAndFlushNow(startLsn, bytes);
     if (l === undefined) return undefined;
-    this.series.walReceivedBytes.inc(bytes.length);
-    this.flushed(before, l, t0);
+    const t1 = performance.now();
+    try {
+      durable?.(l);
+    } finally {
+      this.walReceivedBytes += bytes.length;
+      this.flushed(before, l, t0, t1);
+    }
     return l;
   }
 
@@ -712,7 +712,7 @@ export class Timeline implements ConsensusTimeline {
 
   private async writeLocked(startLsn: Lsn, bytes: Uint8Array): Promise<void> {
     await this.store.wal.write(startLsn, bytes);
-    this.series.walReceivedBytes.inc(bytes.length);
+    this.walReceivedBytes += bytes.length;
   }
 
   /** fsyncs everything written; returns the flush LSN. Advances solo commit and wakes waiters. */
@@ -732,14 +732,12 @@ export class Timeline implements ConsensusTimeline {
   }
 
   /** After an fsync that started at `t0` and moved the flush LSN from `before` to `l`: metrics, solo commit, waiters. */
-  private flushed(before: Lsn, l: Lsn, t0: number): void {
-    this.opts.metrics.fsyncSeconds.observe((performance.now() - t0) / 1000);
-    this.series.fsyncs.inc();
+  private flushed(before: Lsn, l: Lsn, t0: number, t1 = performance.now()): void {
+    this.opts.metrics.fsyncSeconds.observe((t1 - t0) / 1000);
+    this.fsyncs++;
     if (l !== before) {
       this.events.emit("flush", l);
       if (this.opts.soloCommit) this.advanceSoloCommit();
-      this.series.flushLsn.set(Number(l));
-      this.series.commitLsn.set(Number(this.commit));
       this.maybePersistProgress();
     }
   }
@@ -970,8 +968,6 @@ export class Timeline implements ConsensusTimeline {
 
   private updateGauges(): void {
     const m = this.opts.metrics;
-    m.flushLsn.set(this.labels, Number(this.flushLsn));
-    m.commitLsn.set(this.labels, Number(this.commit));
     m.term.set(this.labels, Number(this.term));
     m.backupLsn.set(this.labels, Number(this.control.backupLsn));
   }

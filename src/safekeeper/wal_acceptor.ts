@@ -414,6 +414,12 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
   /** Reused for batches of several messages (never handed out beyond one write). */
   const batchBuf = Buffer.allocUnsafe(MAX_WRITE_BATCH_BYTES);
   let lastStatusMs = Date.now();
+  /** The status update after a write: sent the moment the WAL is durable (Timeline.appendAndFlushFromComputeNow's `durable`). */
+  const sendStatusNow = () => {
+    if (done) return;
+    sendStatus();
+    lastStatusMs = Date.now();
+  };
   // Idle keep-alive: a status update when none was sent for STATUS_INTERVAL_MS.
   const statusTimer = setInterval(() => {
     if (done || Date.now() - lastStatusMs < STATUS_INTERVAL_MS) return;
@@ -466,9 +472,10 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
       const at = pendingStart;
       const { batch, take } = nextBatch();
       taken(take, batch.length);
-      if (tl.appendAndFlushFromComputeNow(reg.term, at, batch) === undefined) await tl.appendAndFlushFromCompute(reg.term, at, batch);
-      if (!done) sendStatus();
-      lastStatusMs = Date.now();
+      if (tl.appendAndFlushFromComputeNow(reg.term, at, batch, sendStatusNow) === undefined) {
+        await tl.appendAndFlushFromCompute(reg.term, at, batch);
+        sendStatusNow();
+      }
     }
   };
 
@@ -499,12 +506,11 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
       if (!more && wakeWriter !== undefined && pendingBytes <= MAX_WRITE_BATCH_BYTES) {
         const at = pendingStart;
         const { batch: bytes, take } = nextBatch();
-        if (tl.appendAndFlushFromComputeNow(reg.term, at, bytes) !== undefined) {
+        // The status update goes out the moment the WAL is durable (it answers any reply request too).
+        if (tl.appendAndFlushFromComputeNow(reg.term, at, bytes, sendStatusNow) !== undefined) {
           taken(take, bytes.length);
           written = true;
-          replyRequested = false; // the status update below answers it
-          sendStatus();
-          lastStatusMs = Date.now();
+          replyRequested = false;
         }
       }
       if (!written) {

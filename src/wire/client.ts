@@ -15,9 +15,12 @@
  * * At most MAX_QUEUED_MESSAGES parsed messages wait for the consumer; beyond
  *   that the socket is paused, so a slow consumer of a replication stream
  *   applies TCP back-pressure to the server instead of growing memory.
- * * Hot path (replication receive): every message of a socket chunk is
- *   parsed synchronously in the 'data' callback (CopyData payloads are views
- *   into the chunk, see parser.ts) and a batch reader
+ * * Hot path (replication receive): the socket reads into one buffer per
+ *   connection (net's `onread`), so a read costs no 'data' event, no
+ *   Readable-stream bookkeeping and no next-tick callback (HANDOFF_READ_BYTES
+ *   says when the bytes are copied out of it). Every message of a chunk
+ *   is parsed synchronously right there (CopyData payloads are views into
+ *   the chunk, see parser.ts) and a batch reader
  *   (`ReplicationStream.readBatch`) takes all of them with one promise
  *   resolution per chunk rather than one per message, which is what an
  *   async iterator costs. Push mode (`ReplicationStream.consume`) goes
@@ -70,12 +73,20 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
  */
 export const MAX_QUEUED_MESSAGES = 64;
 /**
- * Size of the buffer Node reads a socket into (libuv's suggested size). A
- * chunk this long may have left more bytes in the kernel; a shorter one
- * drained the socket at that moment — push consumers (ReplicationStream.consume)
- * use it to tell "nothing more is buffered" from "more is coming now".
+ * Size of the buffer each connection reads its socket into (libuv's
+ * suggested size). A chunk this long may have left more bytes in the
+ * kernel; a shorter one drained the socket at that moment — push consumers
+ * (ReplicationStream.consume) use it to tell "nothing more is buffered" from
+ * "more is coming now".
  */
 export const SOCKET_READ_CHUNK_BYTES = 64 * 1024;
+/**
+ * A read at least this long hands the read buffer itself to the parser (at
+ * most half of it is slack) instead of copying the bytes out: bulk streams
+ * (WAL catch-up, basebackup) copy nothing, a commit's few kilobytes cost one
+ * small copy and pin no 64 KiB buffer while they wait to be written.
+ */
+const HANDOFF_READ_BYTES = SOCKET_READ_CHUNK_BYTES / 2;
 /** Default bound on the total size of rows one simpleQuery may return: it is for small control queries. */
 export const DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024;
 /** How long close() waits for the server to close its side after Terminate. */
@@ -190,7 +201,6 @@ export class PgClient {
     private readonly opts: ConnectOptions,
   ) {
     this.parser = new BackendParser({ maxMessageBytes: opts.maxMessageBytes });
-    socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("error", (e) => this.fail(new StrataError("io_error", `Connection to ${this.addr} failed: ${e.message}`, { cause: e })));
     socket.on("close", () => this.fail(new StrataError("io_error", `Connection to ${this.addr} closed by the server`)));
   }
@@ -204,7 +214,29 @@ export class PgClient {
     const timeoutMs = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const addr = `${opts.host}:${opts.port}`;
     opts.signal?.throwIfAborted();
-    const socket = netConnect({ host: opts.host, port: opts.port });
+    let readBuffer = Buffer.allocUnsafe(SOCKET_READ_CHUNK_BYTES);
+    const socket = netConnect({
+      host: opts.host,
+      port: opts.port,
+      onread: {
+        // Asked for after every read: the same buffer, or a fresh one once the last was handed off.
+        buffer: () => readBuffer,
+        callback: (n: number): boolean => {
+          // The parser keeps views into the chunks it is given: a big read hands the buffer
+          // itself over (no copy, little slack); a small one is copied out and the buffer reused.
+          let chunk: Buffer;
+          if (n >= HANDOFF_READ_BYTES) {
+            chunk = readBuffer.subarray(0, n);
+            readBuffer = Buffer.allocUnsafe(SOCKET_READ_CHUNK_BYTES);
+          } else {
+            chunk = Buffer.allocUnsafe(n);
+            readBuffer.copy(chunk, 0, 0, n);
+          }
+          client.onData(chunk);
+          return true;
+        },
+      },
+    });
     socket.setNoDelay(true);
     const client = new PgClient(socket, opts);
     const timer = setTimeout(
