@@ -34,8 +34,11 @@
  * `--profile-round N`) — SIGUSR1 opens its inspector on 127.0.0.1:9229,
  * the profile is taken over the DevTools protocol and written to FILE
  * (.cpuprofile, open in Chrome DevTools). Each round also prints the
- * pageserver's CPU seconds for the fullbackup (from /proc), which a busy
- * machine distorts far less than the wall-clock figures.
+ * pageserver's and the client's (this process's) CPU seconds for the
+ * fullbackup and the compute's and pg_basebackup's for pg_basebackup (from
+ * /proc: processes reaped by the postmaster and by this process), and the
+ * ratio of CPU per byte, which a busy machine distorts far less than the
+ * wall-clock figures: on two shared cores, throughput follows it.
  *
  * Runs on demand only, never in the test suite.
  */
@@ -85,6 +88,24 @@ function pageserverCpuSeconds(pid: number | null): number {
     return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
   } catch {
     return 0;
+  }
+}
+/** CPU seconds of `pid` and its reaped children (utime + stime + cutime + cstime; "self": the children only), from /proc (0 where unavailable). */
+function cpuWithChildrenSeconds(pid: number | "self"): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((pid === "self" ? 0 : Number(f[11]) + Number(f[12])) + Number(f[13]) + Number(f[14])) / 100;
+  } catch {
+    return 0;
+  }
+}
+/** The compute's postmaster pid (its first postmaster.pid line), or null. */
+async function postmasterPid(connstr: string): Promise<number | null> {
+  try {
+    const dir = await sqlAt(connstr, "SHOW data_directory");
+    return Number((await readFile(join(dir, "postmaster.pid"), "utf8")).split("\n")[0]);
+  } catch {
+    return null;
   }
 }
 const profIdx = process.argv.indexOf("--profile");
@@ -203,6 +224,7 @@ await withRepo(async (repo) => {
   if (prof !== undefined) await prof.call("Profiler.enable");
   try {
     const ratios: number[] = [];
+    const cpuRatios: number[] = [];
     // `at`: the backup LSN, or "latest" (the pageserver's last_record_lsn). Not an optional parameter:
     // a default would also replace an explicit `undefined`, which once sent every "latest" round to `target`.
     const measure = async (round: number, label: string, at: Lsn | "latest"): Promise<void> => {
@@ -212,6 +234,7 @@ await withRepo(async (repo) => {
         await prof.call("Profiler.start");
       }
       const cpu0 = pageserverCpuSeconds(s.pageserver.pid);
+      const client0 = process.cpuUsage();
       const redo0 = await redoCalls(s.pageserver.http_port);
       let t = performance.now();
       // Phases of the fetch: first byte (the pageserver's set-up), last byte (the stream), then the file's fsync + rename.
@@ -224,6 +247,8 @@ await withRepo(async (repo) => {
       const fb = await fetchBackupToFile({ host: "127.0.0.1", port: s.pageserver.pg_port, tenantId, timelineId, ...(at === "latest" ? {} : { lsn: at }), full: true, onProgress }, tar);
       const fbMs = performance.now() - t;
       const fbCpu = pageserverCpuSeconds(s.pageserver.pid) - cpu0;
+      const fbClient = process.cpuUsage(client0);
+      const fbClientCpu = (fbClient.user + fbClient.system) / 1e6;
       const fbRedo = (await redoCalls(s.pageserver.http_port)) - redo0;
       // the pageserver's own account of the backup (its "backup sent" log line): run buffers it had to allocate
       const sent = (await readFile(join(s.pageserver.datadir, "..", "pageserver.log"), "utf8").catch(() => "")).split("\n").filter((l) => l.includes('"backup sent"')).at(-1);
@@ -238,9 +263,15 @@ await withRepo(async (repo) => {
 
       await sqlAt(main, "CHECKPOINT");
       const bbDir = join(out, "bb");
+      // pg_basebackup's CPU: the compute's side (its walsender, reaped by the postmaster) and the client (reaped by this process)
+      const pm = await postmasterPid(main);
+      const bbServer0 = pm === null ? 0 : cpuWithChildrenSeconds(pm);
+      const bbClient0 = cpuWithChildrenSeconds("self");
       t = performance.now();
       const bb = await runTool("pg_basebackup", ["-h", "127.0.0.1", "-p", String(portOf(main)), "-U", "postgres", "-D", bbDir, "-Ft", "-X", "none", "--checkpoint=fast"], { timeoutMs: CATCHUP_TIMEOUT_MS });
       const bbMs = performance.now() - t;
+      const bbServerCpu = pm === null ? 0 : cpuWithChildrenSeconds(pm) - bbServer0;
+      const bbClientCpu = cpuWithChildrenSeconds("self") - bbClient0;
       if (bb.code !== 0) throw new Error(`pg_basebackup: ${bb.stderr}`);
       let bbBytes = 0;
       for (const f of await readdir(bbDir)) bbBytes += (await stat(join(bbDir, f))).size;
@@ -248,11 +279,15 @@ await withRepo(async (repo) => {
 
       const ratio = mib(fb.bytes, fbMs) / mib(bbBytes, bbMs);
       ratios.push(ratio);
+      // CPU per byte, pg_basebackup's over ours (> 1: the fullbackup needs less CPU per byte): what a shared, busy machine's wall clock follows
+      const cpuRatio = (bbServerCpu + bbClientCpu) / bbBytes / ((fbCpu + fbClientCpu) / fb.bytes);
+      cpuRatios.push(cpuRatio);
       console.log(
         `round ${round} (${label}): fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s ` +
           `(first byte ${(firstByteMs / 1000).toFixed(2)} s, last byte ${(lastByteMs / 1000).toFixed(2)} s, fsync ${((fbMs - lastByteMs) / 1000).toFixed(2)} s; ` +
-          `pageserver CPU ${fbCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
-          `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s; ratio ${ratio.toFixed(2)}`,
+          `pageserver CPU ${fbCpu.toFixed(2)} s, client CPU ${fbClientCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
+          `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s ` +
+          `(compute CPU ${bbServerCpu.toFixed(2)} s, client CPU ${bbClientCpu.toFixed(2)} s); ratio ${ratio.toFixed(2)}, CPU per MiB ratio ${cpuRatio.toFixed(2)}`,
       );
     };
     /**
@@ -313,6 +348,7 @@ await withRepo(async (repo) => {
       }
     }
     console.log(`fullbackup / pg_basebackup throughput ratio: ${ratios.map((r) => r.toFixed(2)).join(", ")} (goal >= 1.0)`);
+    console.log(`pg_basebackup / fullbackup CPU-per-byte ratio (both sides of each): ${cpuRatios.map((r) => r.toFixed(2)).join(", ")}`);
   } finally {
     await removeTempDir(out);
   }

@@ -3,12 +3,15 @@
  * A): what the control plane uses to give a compute its data directory and
  * what `strata timeline export` writes to a file.
  *
- *   fetchBackupToFile / fetchBackupIntoDir -> PgClient.copyOut("fullbackup <t> <tl> [lsn] [--gzip]")
- *        -> file (tmp, fsync, rename)  |  (gunzip) -> tar-stream extract -> files under dir
+ *   fetchBackupToFile  -> backup_receive.ts copyOutBatches("fullbackup <t> <tl> [lsn] [--gzip]")
+ *        -> file (tmp, fsync, rename)
+ *   fetchBackupIntoDir -> PgClient.copyOut(...) -> (gunzip) -> tar-stream extract -> files under dir
  *
  * Both stream: CopyData payloads are written as they arrive and the client
- * pauses the socket while the disk is behind (PgClient's bounded queue), so
- * memory stays bounded whatever the database size.
+ * pauses the socket while the disk is behind (bounded queues), so memory
+ * stays bounded whatever the database size. The file path never copies
+ * the archive in user space: the socket reads into a recycled ring and the
+ * payloads are written from it (backup_receive.ts says why that matters).
  *
  * fetchBackupToFile writes the archive as sent (tar, or tar.gz with `gzip`)
  * to `<path>.<random>.tmp` (starting fdatasyncs in the background as it
@@ -41,6 +44,7 @@ import type { TenantId, TimelineId } from "../lib/id.js";
 import { formatLsn, type Lsn } from "../lib/lsn.js";
 import { PgClient } from "../wire/client.js";
 import { fsyncDir } from "./layers/layer_file.js";
+import { copyOutBatches, type CopyOutBatch } from "./backup_receive.js";
 
 /** Mode of the directory fetchBackupIntoDir creates (PostgreSQL demands 0700 or 0750 for a data directory). */
 export const DATA_DIR_MODE = 0o700;
@@ -94,10 +98,10 @@ async function* backupBytes(opts: FetchBackupOptions, counter: { bytes: number }
 }
 
 /**
- * Bytes gathered into one file write. One awaited write per CopyData
- * message (64 KiB) cost a thread-pool round trip each and stopped reading
- * the socket meanwhile; 1 MiB batches written while the next batch arrives
- * (one write in flight) keep both busy.
+ * Payload bytes per file write. One awaited write per CopyData message
+ * cost a thread-pool round trip each and stopped reading the socket
+ * meanwhile; 1 MiB batches (views of the receive ring, backup_receive.ts)
+ * written while the next batch arrives (one write in flight) keep both busy.
  */
 const FILE_WRITE_BATCH_BYTES = 1 << 20;
 
@@ -112,30 +116,29 @@ const FILE_WRITE_BATCH_BYTES = 1 << 20;
 const BACKGROUND_SYNC_BYTES = 64 << 20;
 
 /**
- * Appends `chunks` to `fh` in batches, with one batch being written while
- * the next is received, and starts an fdatasync in the background every
- * BACKGROUND_SYNC_BYTES (one at a time; its failure surfaces at the end).
+ * Appends the batches to `fh`, with one batch being written while the next
+ * is received (each released to the receive ring once written), and starts
+ * an fdatasync in the background every BACKGROUND_SYNC_BYTES (one at a
+ * time; its failure surfaces at the end).
  */
-async function writeOverlapped(fh: FileHandle, chunks: AsyncIterable<Buffer>): Promise<void> {
+async function writeOverlapped(fh: FileHandle, batches: AsyncIterable<CopyOutBatch>, counter: { bytes: number }, onProgress: ((bytesSoFar: number) => void) | undefined): Promise<void> {
   let inFlight: Promise<unknown> = Promise.resolve();
   let syncing: Promise<void> | undefined;
   let syncError: unknown;
   let sinceSync = 0;
-  let batch: Buffer[] = [];
-  let batchBytes = 0;
-  const flush = async () => {
+  for await (const batch of batches) {
     await inFlight;
-    const buffers = batch;
-    const bytes = batchBytes;
-    batch = [];
-    batchBytes = 0;
-    // the chunks are views into the client's received socket data, never reused (wire/parser.ts)
-    inFlight = fh.writev(buffers).then((r) => {
-      if (r.bytesWritten !== bytes) throw new StrataError("io_error", `Short write to the backup file: ${r.bytesWritten} of ${bytes} bytes`);
-    });
-    // a failed write surfaces at the next flush or at the end; never unhandled meanwhile
+    counter.bytes += batch.bytes;
+    onProgress?.(counter.bytes);
+    inFlight = fh
+      .writev(batch.views)
+      .then((r) => {
+        if (r.bytesWritten !== batch.bytes) throw new StrataError("io_error", `Short write to the backup file: ${r.bytesWritten} of ${batch.bytes} bytes`);
+      })
+      .finally(() => batch.release()); // the receive ring may read into these bytes again
+    // a failed write surfaces at the next batch or at the end; never unhandled meanwhile
     inFlight.catch(() => undefined);
-    sinceSync += bytes;
+    sinceSync += batch.bytes;
     if (sinceSync >= BACKGROUND_SYNC_BYTES && syncing === undefined) {
       sinceSync = 0;
       const written = inFlight;
@@ -148,13 +151,7 @@ async function writeOverlapped(fh: FileHandle, chunks: AsyncIterable<Buffer>): P
           syncing = undefined;
         });
     }
-  };
-  for await (const chunk of chunks) {
-    batch.push(chunk);
-    batchBytes += chunk.length;
-    if (batchBytes >= FILE_WRITE_BATCH_BYTES) await flush();
   }
-  if (batch.length > 0) await flush();
   await inFlight;
   await syncing;
   if (syncError !== undefined) throw new StrataError("io_error", `fdatasync of the backup file failed: ${(syncError as Error).message}`, { cause: syncError });
@@ -166,7 +163,15 @@ export async function fetchBackupToFile(opts: FetchBackupOptions, path: string):
   const counter = { bytes: 0 };
   let fh: FileHandle | undefined = await open(tmp, "wx", 0o600);
   try {
-    await writeOverlapped(fh, backupBytes(opts, counter));
+    const batches = copyOutBatches({
+      host: opts.host,
+      port: opts.port,
+      user: PAGE_SERVICE_USER,
+      query: backupCommandText(opts),
+      batchBytes: FILE_WRITE_BATCH_BYTES,
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    });
+    await writeOverlapped(fh, batches, counter, opts.onProgress);
     await fh.sync();
     await fh.close();
     fh = undefined;
