@@ -14,9 +14,10 @@
  * already holds them, so repeated runs while tuning skip the pgbench phase;
  * the scale and transaction flags are then ignored. `--checkpoint-distance-mb`
  * overrides the tenant's checkpoint distance, for tuning experiments; by
- * default the pageserver runs with the tenant defaults. The main thread's CPU
- * time is printed next to the process's: with the layer flush on a worker
- * thread it is the critical path on a quiet machine.)
+ * default the pageserver runs with the tenant defaults. The CPU time of the
+ * main thread and of the flush worker thread is printed next to the
+ * process's: ingest on the one and layer flushes on the other run side by
+ * side, so on a quiet machine the busier of the two is the critical path.)
  *
  * Set-up: a primary is initdb'd and stopped cleanly; a copy of that data
  * directory is the common starting point of both contenders (the pageserver
@@ -47,7 +48,7 @@
  */
 import { appendFile, cp, mkdir, open, readFile, readdir, rm, writeFile, type FileHandle } from "node:fs/promises";
 import { Session } from "node:inspector/promises";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseControlFile } from "../src/formats/pg_control.js";
@@ -119,13 +120,79 @@ function mainThreadCpuSeconds(): number | undefined {
 /** USER_HZ of Linux /proc times: 100 on every architecture Node runs on. */
 const CLOCK_TICKS_PER_SECOND = 100;
 
+/**
+ * CPU seconds of every thread of this process, by thread id (Linux /proc;
+ * empty elsewhere). The difference of two readings tells how the ingest's
+ * CPU splits between the main thread, the flush worker (the busiest other
+ * thread during ingest) and the rest (libuv's file I/O pool, GC helpers).
+ */
+function threadCpuSeconds(): Map<number, number> {
+  const out = new Map<number, number>();
+  try {
+    for (const tid of readdirSync("/proc/self/task")) {
+      try {
+        const stat = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+        const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        out.set(Number(tid), (Number(f[11]) + Number(f[12])) / CLOCK_TICKS_PER_SECOND);
+      } catch {
+        // the thread exited meanwhile
+      }
+    }
+  } catch {
+    // not Linux
+  }
+  return out;
+}
+
+/** From two threadCpuSeconds readings: the busiest thread other than the main one, and all others together. */
+function splitThreadCpu(before: Map<number, number>, after: Map<number, number>): { busiestOtherMs: number; restMs: number } {
+  const used: number[] = [];
+  for (const [tid, s] of after) if (tid !== process.pid) used.push((s - (before.get(tid) ?? 0)) * 1000);
+  used.sort((a, b) => b - a);
+  const busiestOtherMs = used[0] ?? 0;
+  return { busiestOtherMs, restMs: used.slice(1).reduce((a, b) => a + b, 0) };
+}
+
 async function copyAsIs(from: string, to: string): Promise<void> {
   // cp -a keeps the owner (the PostgreSQL user when we run as root) and modes.
   const r = await runProgram("/bin/cp", ["-a", from, to]);
   if (r.code !== 0) throw new Error(`cp -a ${from} ${to} failed: ${r.stderr}`);
 }
 
-async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Promise<number> {
+/**
+ * CPU seconds of the standby's startup process (the one that replays WAL:
+ * the critical path of the standby, as the main thread is the pageserver's)
+ * and of all its server processes, from /proc (undefined elsewhere).
+ */
+function standbyCpuSeconds(dataDir: string): { startup: number; all: number } | undefined {
+  try {
+    const postmaster = Number(readFileSync(join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
+    const cpuOf = (stat: string): number => {
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS_PER_SECOND;
+    };
+    let all = cpuOf(readFileSync(`/proc/${postmaster}/stat`, "utf8"));
+    let startup = 0;
+    for (const pid of readdirSync("/proc")) {
+      if (!/^[0-9]+$/.test(pid)) continue;
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+        // Field 4 (ppid) is the second after the command name.
+        if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) !== postmaster) continue;
+        const cpu = cpuOf(stat);
+        all += cpu;
+        if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("startup")) startup += cpu;
+      } catch {
+        // exited meanwhile
+      }
+    }
+    return { startup, all };
+  } catch {
+    return undefined;
+  }
+}
+
+async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Promise<{ ms: number; cpu: { startup: number; all: number } | undefined }> {
   const dir = await makeTempDir("standby");
   const dataDir = join(dir, "data");
   await copyAsIs(baseDir, dataDir);
@@ -151,7 +218,8 @@ async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Prom
         if (Date.now() > deadline) throw new Error(`standby replay stuck at ${formatLsn(replayed)}, want ${formatLsn(endLsn)}`);
         await new Promise((r) => setTimeout(r, REPLAY_POLL_MS));
       }
-      return performance.now() - t0;
+      const ms = performance.now() - t0;
+      return { ms, cpu: standbyCpuSeconds(dataDir) };
     } finally {
       await client.close();
     }
@@ -166,7 +234,10 @@ async function pageserverIngest(
   importLsn: Lsn,
   endLsn: Lsn,
   profile?: Session,
-): Promise<{ ms: number; readableMs: number; cpuMs: number; mainCpuMs: number | undefined; flushMs: number; records: number; layers: number }> {
+): Promise<{
+  ms: number; readableMs: number; cpuMs: number; mainCpuMs: number | undefined; workerCpuMs: number; restCpuMs: number; flushMs: number; records: number; layers: number;
+  frozenAtEnd: number; pendingWalMb: number;
+}> {
   const dataDir = await makeTempDir("psingest");
   const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0 };
   const ps = await Pageserver.start({ config, log: createLogger({ component: "bench", level: "warn" }), registry: createRegistry({ defaultMetrics: false }) });
@@ -182,6 +253,7 @@ async function pageserverIngest(
     const t0 = performance.now();
     const cpu0 = process.cpuUsage();
     const mainCpu0 = mainThreadCpuSeconds();
+    const threads0 = threadCpuSeconds();
     const ingest = new WalIngest(tl, tl, { startLsn: tl.lastRecordLsn });
     const decoder = new WalStreamDecoder(importLsn, { recycleRecordBuffers: true }); // as the WAL receiver does
     let records = 0;
@@ -253,18 +325,25 @@ async function pageserverIngest(
       await fh?.close();
     }
     const tFlush = performance.now();
+    // What the final flush has left to do: frozen layers still queued, and WAL not yet in layer files.
+    const atEnd = tl.gaugeSource();
+    const pendingWalMb = Number(atEnd.lastRecordLsn - atEnd.diskConsistentLsn) / 1e6;
     await tl.checkpoint();
     const tEnd = performance.now();
     const ms = tEnd - t0;
     const cpu = process.cpuUsage(cpu0);
     const mainCpu1 = mainThreadCpuSeconds();
+    const threadSplit = splitThreadCpu(threads0, threadCpuSeconds());
     if (profile !== undefined) {
       const { profile: p } = await profile.post("Profiler.stop");
       await writeFile(profileFile!, JSON.stringify(p));
     }
     if (tl.lastRecordLsn <= endLsn) throw new Error(`pageserver ingested up to ${formatLsn(tl.lastRecordLsn)}, want past ${formatLsn(endLsn)}`);
     const mainCpuMs = mainCpu0 === undefined || mainCpu1 === undefined ? undefined : (mainCpu1 - mainCpu0) * 1000;
-    return { ms, readableMs: tFlush - t0, cpuMs: (cpu.user + cpu.system) / 1000, mainCpuMs, flushMs: tEnd - tFlush, records, layers: tl.layerInfos().length };
+    return {
+      ms, readableMs: tFlush - t0, cpuMs: (cpu.user + cpu.system) / 1000, mainCpuMs, workerCpuMs: threadSplit.busiestOtherMs, restCpuMs: threadSplit.restMs,
+      flushMs: tEnd - tFlush, records, layers: tl.layerInfos().length, frozenAtEnd: atEnd.layerCounts.frozen, pendingWalMb,
+    };
   } finally {
     await ps.stop();
     await rm(dataDir, { recursive: true, force: true });
@@ -329,9 +408,12 @@ async function main(): Promise<void> {
       let psRate: number | undefined;
       let psReadableRate: number | undefined;
       if (only !== "pageserver") {
-        const sbMs = await standbyReplay(base, walCopy, endLsn);
-        sbRate = walMb / (sbMs / 1000);
-        console.log(`round ${round}: hot standby replay: ${(sbMs / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included)`);
+        const sb = await standbyReplay(base, walCopy, endLsn);
+        sbRate = walMb / (sb.ms / 1000);
+        console.log(
+          `round ${round}: hot standby replay: ${(sb.ms / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included` +
+            `${sb.cpu === undefined ? "" : `; CPU: startup process ${sb.cpu.startup.toFixed(2)} s, all server processes ${sb.cpu.all.toFixed(2)} s`})`,
+        );
       }
       if (only !== "standby") {
         let session: Session | undefined;
@@ -346,9 +428,11 @@ async function main(): Promise<void> {
         psReadableRate = walMb / (ps.readableMs / 1000);
         console.log(
           `round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ` +
-            `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s; ` +
+            `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s ` +
+            `for ${ps.pendingWalMb.toFixed(1)} MB of WAL in ${ps.frozenAtEnd} frozen + the open layer; ` +
             `process CPU ${(ps.cpuMs / 1000).toFixed(2)} s all threads` +
-            `${ps.mainCpuMs === undefined ? "" : `, main thread ${(ps.mainCpuMs / 1000).toFixed(2)} s`}: the figures to compare on a busy machine)`,
+            `${ps.mainCpuMs === undefined ? "" : `, main thread ${(ps.mainCpuMs / 1000).toFixed(2)} s, flush worker ${(ps.workerCpuMs / 1000).toFixed(2)} s, other threads ${(ps.restCpuMs / 1000).toFixed(2)} s`}: ` +
+            `the figures to compare on a busy machine)`,
         );
         console.log(
           `round ${round}: pageserver readable (second figure): last_record_lsn at the end after ${(ps.readableMs / 1000).toFixed(2)} s = ${psReadableRate.toFixed(1)} MB/s ` +

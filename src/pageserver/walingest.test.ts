@@ -97,6 +97,7 @@ class VersionStore implements DatadirReader, DatadirWriter {
     },
     putAt: (slot, l, value) => this.fastPut(this.slotKeys[slot]!, l, value),
     putWalAt: (slot, l, willInit, engine, head, body) => this.fastPut(this.slotKeys[slot]!, l, walValue(willInit, engine, head, body)),
+    forkSlots: (spcOid, dbOid, relNumber, fork) => ({ slotOf: (blk) => this.target.slotOf(relBlockKey({ spcOid, dbOid, relNumber, fork }, blk)) }),
   };
   private fastPut(key: Key, at: Lsn, value: Value): void {
     assert.ok(at > this.last, "fast puts are above the last record");

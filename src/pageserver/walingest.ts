@@ -56,7 +56,8 @@
  * (FastDatadirWriter: the Timeline's open in-memory layer): no promise, no
  * modification batch, no intermediate WAL value per record (the record is
  * written once, header and raw bytes straight into the layer's buffer), and
- * per block a cached slot number instead of a bigint key. It stores exactly
+ * per block a slot from the fork's slot table (FastIngestTarget.forkSlots,
+ * remembered per cached fork) instead of a bigint key. It stores exactly
  * what the general path would (walingest.test.ts compares the two on the
  * same records) and declines, before changing anything, whatever it does
  * not cover. `ingestRecord` returns undefined when the fast path took the
@@ -258,6 +259,12 @@ function fastKindOf(rmid: number, info: number): number {
  */
 const BLOCK_ONLY_RMIDS: ReadonlySet<number> = new Set([RM_BTREE_ID, RM_HASH_ID, RM_GIN_ID, RM_GIST_ID, RM_SEQ_ID, RM_SPGIST_ID, RM_BRIN_ID, RM_GENERIC_ID]);
 
+/** Offsets of the counters in an encoded CheckPoint (encodeCheckPoint: nextXid, nextOid, nextMulti, nextMultiOffset). */
+const CHECKPOINT_NEXT_XID_OFFSET = 24;
+const CHECKPOINT_NEXT_OID_OFFSET = 32;
+const CHECKPOINT_NEXT_MULTI_OFFSET = 36;
+const CHECKPOINT_NEXT_MULTI_OFFSET_OFFSET = 40;
+
 /** Block references a record may have on the fast path (XLR_MAX_BLOCK_ID + 1); more goes the general way. */
 const MAX_FAST_BLOCKS = 33;
 
@@ -269,10 +276,9 @@ interface RelSizeEntry {
   readonly fork: number;
   /** Blocks, or -1 when the fork is known not to exist (dropped or never created). */
   blocks: number;
-  /** relBlockKey(fork, 0), computed on first use: a block's key is keyBase + block. */
-  keyBase: Key | undefined;
-  /** Block number -> slot in `slotTarget` (FastIngestTarget.slotOf), for the target they were taken from. */
-  slots: Map<number, number> | undefined;
+  /** The fork's slot table and its size key's slot in `slotTarget`, for the target they were taken from. */
+  forkSlots: ForkSlotTable | undefined;
+  sizeSlot: number;
   slotTarget: FastIngestTarget | undefined;
 }
 
@@ -314,8 +320,8 @@ class RelSizeCache {
       relNumber: tag.relNumber,
       fork: tag.fork,
       blocks: blocks ?? -1,
-      keyBase: undefined,
-      slots: undefined,
+      forkSlots: undefined,
+      sizeSlot: -1,
       slotTarget: undefined,
     };
     const list = this.byRel.get(tag.relNumber);
@@ -340,12 +346,6 @@ class RelSizeCache {
   }
 }
 
-/** The key of block `blk` of a cached fork (blk < its size, so never InvalidBlockNumber). */
-function cachedBlockKey(e: RelSizeEntry, blk: number): Key {
-  e.keyBase ??= relBlockKey(e, 0);
-  return (e.keyBase + BigInt(blk)) as Key;
-}
-
 /** recordVersionLsn with one bigint instead of several (every record; LSNs below 2^53 are exact numbers). */
 function versionLsnOf(rec: DecodedRecord): Lsn {
   const end = Number(rec.endLsn);
@@ -358,20 +358,24 @@ function indexOfSlot(slots: number[], n: number, slot: number): number {
   return -1;
 }
 
-/** The target's slot for block `blk` of a cached fork, remembered on the fork (no bigint key once known). */
+/** Points the fork's remembered slots at `target` (forgetting those of the previous target). */
+function useSlotTarget(e: RelSizeEntry, target: FastIngestTarget): void {
+  e.forkSlots = target.forkSlots(e.spcOid, e.dbOid, e.relNumber, e.fork);
+  e.sizeSlot = -1;
+  e.slotTarget = target;
+}
+
+/** The target's slot for block `blk` of a cached fork, through the fork's slot table (no bigint key, no Map lookup). */
 function cachedBlockSlot(e: RelSizeEntry, blk: number, target: FastIngestTarget): number {
-  let slots = e.slots;
-  if (slots === undefined || e.slotTarget !== target) {
-    slots = new Map();
-    e.slots = slots;
-    e.slotTarget = target;
-  }
-  let slot = slots.get(blk);
-  if (slot === undefined) {
-    slot = target.slotOf(cachedBlockKey(e, blk));
-    slots.set(blk, slot);
-  }
-  return slot;
+  if (e.slotTarget !== target || e.forkSlots === undefined) useSlotTarget(e, target);
+  return e.forkSlots!.slotOf(blk);
+}
+
+/** The target's slot for the fork's size key, remembered on the fork (a fork grows block by block during loads). */
+function relSizeSlot(e: RelSizeEntry, target: FastIngestTarget): number {
+  if (e.slotTarget !== target || e.forkSlots === undefined) useSlotTarget(e, target);
+  if (e.sizeSlot < 0) e.sizeSlot = target.slotOf(relSizeKey(e));
+  return e.sizeSlot;
 }
 
 // ------------------------------------------------------------------ public types
@@ -394,6 +398,17 @@ export interface FastIngestTarget {
   slotOf(key: Key): number;
   putAt(slot: number, lsn: Lsn, value: Value): void;
   putWalAt(slot: number, lsn: Lsn, willInit: boolean, engine: RedoEngine | undefined, head: Uint8Array, body: Uint8Array): void;
+  /**
+   * The slots of one relation fork's blocks: `slotOf(blk)` equals
+   * slotOf(relBlockKey(fork, blk)) for every valid block number, without
+   * building the key. Valid as long as the target is.
+   */
+  forkSlots(spcOid: number, dbOid: number, relNumber: number, fork: number): ForkSlotTable;
+}
+
+/** FastIngestTarget.forkSlots: block number -> slot of one relation fork. */
+export interface ForkSlotTable {
+  slotOf(blk: number): number;
 }
 
 /** A DatadirWriter that can take a record's puts synchronously (the Timeline). */
@@ -564,6 +579,9 @@ export class WalIngest {
   private readonly fastPages: Uint8Array[] = [];
   private readonly fastKeys: Key[] = [];
   private readonly fastSlots: number[] = [];
+  /** fastCheckpointValue's value (an image whose bytes it patches) and the checkpoint it encodes. */
+  private fastCheckpoint: { kind: "image"; bytes: Uint8Array } | undefined;
+  private fastCheckpointOf: CheckPoint | undefined;
   /** Slots of the checkpoint and last-commit keys in `constSlotTarget` (one of each per transaction). */
   private constSlotTarget: FastIngestTarget | undefined;
   private checkpointSlot = -1;
@@ -748,7 +766,7 @@ export class WalIngest {
       const e = this.growForks[g]!;
       const size = this.growSizes[g]!;
       e.blocks = size;
-      target.put(relSizeKey(e), versionLsn, { kind: "image", bytes: encodeRelSize(size) });
+      target.putAt(relSizeSlot(e, target), versionLsn, { kind: "image", bytes: encodeRelSize(size) });
     }
     const head = this.walHead;
     writeWalValueHeader(rec, head);
@@ -830,7 +848,7 @@ export class WalIngest {
 
   /** The checkpoint value when counters changed, then publishes the record. */
   private finishFast(rec: DecodedRecord, versionLsn: Lsn, target: FastIngestTarget, fw: FastDatadirWriter): void {
-    if (this.countersChanged) target.putAt(this.constSlot(CHECKPOINT_KEY, target), versionLsn, this.checkpointValue());
+    if (this.countersChanged) target.putAt(this.constSlot(CHECKPOINT_KEY, target), versionLsn, this.fastCheckpointValue());
     fw.finishRecord(versionLsn, rec.lsn);
     this.lastLsn = versionLsn;
     this.stats.records++;
@@ -1064,6 +1082,28 @@ export class WalIngest {
   }
 
   /** The checkpoint value carrying the current counters. */
+  /**
+   * checkpointValue for the fast path, whose target copies a value before
+   * the put returns: one value object and buffer, re-encoded only when the
+   * checkpoint itself changed, else with just the four counters patched
+   * (nearly every transaction assigns an XID, so this runs per transaction).
+   */
+  private fastCheckpointValue(): Value {
+    const c = this.counters!;
+    if (this.fastCheckpointOf !== c.checkpoint || this.fastCheckpoint === undefined) {
+      this.fastCheckpointOf = c.checkpoint;
+      this.fastCheckpoint = { kind: "image", bytes: encodeCheckPoint(c.checkpoint) };
+    }
+    const bytes = this.fastCheckpoint.bytes;
+    const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    // (CheckPoint field offsets, as encodeCheckPoint writes them)
+    v.setBigUint64(CHECKPOINT_NEXT_XID_OFFSET, c.nextFullXid, true);
+    v.setUint32(CHECKPOINT_NEXT_OID_OFFSET, c.nextOid, true);
+    v.setUint32(CHECKPOINT_NEXT_MULTI_OFFSET, c.nextMulti, true);
+    v.setUint32(CHECKPOINT_NEXT_MULTI_OFFSET_OFFSET, c.nextMultiOffset, true);
+    return this.fastCheckpoint;
+  }
+
   private checkpointValue(): Value {
     const c = this.counters!;
     const cp: CheckPoint = { ...c.checkpoint, nextXid: c.nextFullXid, nextOid: c.nextOid, nextMulti: c.nextMulti, nextMultiOffset: c.nextMultiOffset };

@@ -7,7 +7,7 @@ import { lsn, type Lsn } from "../../lib/lsn.js";
 import { formatKey, KEY_END, keyToBytes, relBlockKey, type Key } from "../key.js";
 import { DeltaLayerReader, DeltaLayerWriter } from "./delta_layer.js";
 import { ImageLayerReader } from "./image_layer.js";
-import { HEADER_SIZE_BYTES, readKey, writeKey } from "./layer_file.js";
+import { HEADER_SIZE_BYTES, readKey, writeKey, type DeltaVersionBatch } from "./layer_file.js";
 import { IndexPageCache } from "./page_cache.js";
 import type { KeyRange, LsnRange } from "./range.js";
 import { assertCorrupt, Rng, withTempDir } from "./test_support.js";
@@ -308,5 +308,100 @@ test("putEncodedAtNumber writes the same file as putEncoded and refuses LSNs out
     invalid(() => w.putEncodedAtNumber(k, Number(LR.start) - 1, new Uint8Array([1])));
     invalid(() => w.putEncodedAtNumber(k, Number(LR.start) + 0.5, new Uint8Array([1])));
     await w.abort();
+  });
+});
+
+/** Groups sorted entries by key into one DeltaVersionBatch (values laid out in a shared buffer) plus each key's [from, to). */
+function batchOf(entries: ReadonlyArray<{ key: Key; lsn: Lsn; encoded: Uint8Array }>): { batch: DeltaVersionBatch; runs: Array<{ key: Key; from: number; to: number }> } {
+  const total = entries.reduce((a, e) => a + e.encoded.length + 3, 0);
+  const src = new Uint8Array(total);
+  const batch: DeltaVersionBatch = { src, lsn: new Float64Array(entries.length), at: new Int32Array(entries.length), len: new Int32Array(entries.length) };
+  const runs: Array<{ key: Key; from: number; to: number }> = [];
+  let at = 0;
+  entries.forEach((e, i) => {
+    at += 3; // gaps between values, as in a flush's value buffer
+    src.set(e.encoded, at);
+    batch.lsn[i] = Number(e.lsn);
+    batch.at[i] = at;
+    batch.len[i] = e.encoded.length;
+    at += e.encoded.length;
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last.key === e.key) last.to = i + 1;
+    else runs.push({ key: e.key, from: i, to: i + 1 });
+  });
+  return { batch, runs };
+}
+
+test("putVersions (a key's versions in one call) writes byte-for-byte the file putEncoded writes, across buffers and leaves", async () => {
+  await withTempDir(async (dir) => {
+    const rng = new Rng(8);
+    // Small values (the common case), page images, and values around and above the 1 MiB output buffer;
+    // 256-byte index pages give many leaves, so leaves fill at every position of the output buffer.
+    const sizes = [1, 64, 65, 255, 256, 8192, 300 * 1024, 1024 * 1024 + 1, 1024 * 1024 - 4, 2.5 * 1024 * 1024];
+    const entries: Array<{ key: Key; lsn: Lsn; encoded: Uint8Array }> = [];
+    let keyNo = 0;
+    while (entries.length < 6000) {
+      const versions = 1 + rng.int(rng.bool(0.1) ? 60 : 4);
+      let l = LR.start + BigInt(rng.int(100));
+      for (let v = 0; v < versions; v++) {
+        const size = rng.bool(0.01) ? sizes[rng.int(sizes.length)]! : rng.int(200);
+        entries.push({ key: relBlockKey(REL, keyNo), lsn: l as Lsn, encoded: encodeValue({ kind: "image", bytes: rng.bytes(size) }) });
+        l += BigInt(1 + rng.int(500));
+      }
+      keyNo += 1 + rng.int(3);
+    }
+    for (const pageSize of [256, 8192]) {
+      const files: Buffer[] = [];
+      for (const batched of [false, true]) {
+        const sub = join(dir, `${pageSize}-${batched}`);
+        await mkdir(sub);
+        const w = await DeltaLayerWriter.create({ dir: sub, keyRange: KR, lsnRange: LR, indexPageSizeBytes: pageSize });
+        if (batched) {
+          const { batch, runs } = batchOf(entries);
+          for (const r of runs) {
+            const p = w.putVersions(r.key, batch, r.from, r.to);
+            if (p !== undefined) await p;
+          }
+        } else {
+          for (const e of entries) {
+            const p = w.putEncoded(e.key, e.lsn, e.encoded);
+            if (p !== undefined) await p;
+          }
+        }
+        const written = await w.finish();
+        assert.equal(written.header.entryCount, entries.length);
+        files.push(await readFile(written.path));
+      }
+      assert.ok(files[0]!.equals(files[1]!), `page size ${pageSize}: the batched file differs`);
+    }
+  });
+});
+
+test("putVersions refuses versions out of order, duplicate, inexact or outside the LSN range, and keys out of order", async () => {
+  await withTempDir(async (dir) => {
+    const k1 = relBlockKey(REL, 10);
+    const k0 = relBlockKey(REL, 9);
+    const base = Number(LR.start);
+    const mk = (lsns: number[]): DeltaVersionBatch => ({ src: new Uint8Array(8), lsn: Float64Array.from(lsns), at: new Int32Array(lsns.length), len: new Int32Array(lsns.length).fill(1) });
+    const invalid = (f: () => unknown) => assert.throws(f, (e: unknown) => e instanceof StrataError && e.code === "invalid_argument");
+    const w = await DeltaLayerWriter.create({ dir, keyRange: KR, lsnRange: LR });
+    invalid(() => w.putVersions(k1, mk([base + 5, base + 4]), 0, 2)); // descending
+    invalid(() => w.putVersions(k1, mk([base + 5, base + 5]), 0, 2)); // duplicate
+    invalid(() => w.putVersions(k1, mk([base + 0.5]), 0, 1)); // inexact
+    invalid(() => w.putVersions(k1, mk([Number(LR.end)]), 0, 1)); // outside the layer's LSN range
+    invalid(() => w.putVersions(k1, mk([base - 1]), 0, 1));
+    invalid(() => w.putVersions(KR.end, mk([base]), 0, 1)); // outside the key range
+    assert.equal(w.putVersions(k1, mk([base + 5, base + 6]), 0, 2), undefined);
+    invalid(() => w.putVersions(k1, mk([base + 6]), 0, 1)); // not after the last entry of the same key
+    invalid(() => w.putVersions(k0, mk([base + 7]), 0, 1)); // a smaller key
+    assert.equal(w.putVersions(k1, mk([base + 7]), 0, 1), undefined); // the same key, later LSN: fine
+    assert.equal(w.entries, 3);
+    const written = await w.finish();
+    const r = await DeltaLayerReader.open(written.path);
+    try {
+      assert.deepEqual((await collect(r.iterateEncoded())).map((e) => [e.key, e.lsn]), [[k1, lsn(base + 5)], [k1, lsn(base + 6)], [k1, lsn(base + 7)]]);
+    } finally {
+      await r.close();
+    }
   });
 });

@@ -20,7 +20,8 @@ import { formatKey, KEY_SIZE_BYTES, type Key } from "../key.js";
 import type { IndexPageCache } from "./page_cache.js";
 import { formatLayerFileName, type LayerDesc } from "./layer_name.js";
 import {
-  deltaEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, writeKey, type LayerFileSummary, type LeafEntry, type ReadWindow, type ScanOptions,
+  deltaEntryKey, LayerFileReader, LayerFileWriter, OpenedLayerFile, readKey, writeKey, type DeltaVersionBatch, type LayerFileSummary, type LeafEntry, type ReadWindow,
+  type ScanOptions,
 } from "./layer_file.js";
 import { formatKeyRange, formatLsnRange, keyRangeContains, lsnRangeContains, type KeyRange, type LsnRange } from "./range.js";
 import { decodeValue, encodeValue, isBase, type GetValuesOptions, type Value, type ValueEntry } from "./value.js";
@@ -126,6 +127,31 @@ export class DeltaLayerWriter {
     this.entryKey.writeUInt32BE(hi, KEY_SIZE_BYTES);
     this.entryKey.writeUInt32BE(lsnNum - hi * 0x1_0000_0000, KEY_SIZE_BYTES + 4);
     return this.file.add(this.entryKey, encoded);
+  }
+
+  /**
+   * The versions [from, to) of one key in one call (`b`: LSNs as exact
+   * numbers, strictly ascending; values as spans of one buffer): the
+   * flush's path, writing the same file as putEncodedAtNumber per version
+   * (LayerFileWriter.addDeltaVersions). Returns a promise only when the file
+   * writer must write; await it before the next put.
+   */
+  putVersions(key: Key, b: DeltaVersionBatch, from: number, to: number): Promise<void> | undefined {
+    if (key !== this.lastKey) {
+      if (!keyRangeContains(this.desc.keyRange, key)) {
+        throw new StrataError("invalid_argument", `Delta layer: key ${formatKey(key)} outside ${formatKeyRange(this.desc.keyRange)}`);
+      }
+      writeKey(this.entryKey, 0, key);
+      this.lastKey = key;
+    }
+    const lsns = b.lsn;
+    for (let i = from; i < to; i++) {
+      const l = lsns[i]!;
+      if (!(l >= this.lsnStartNum && l < this.lsnEndNum)) {
+        throw new StrataError("invalid_argument", `Delta layer: LSN ${String(l)} outside ${formatLsnRange(this.desc.lsnRange)}`);
+      }
+    }
+    return this.file.addDeltaVersions(this.entryKey, b, from, to);
   }
 
   async finish(): Promise<WrittenLayer> {

@@ -53,7 +53,7 @@ async function onlyFile(dir: string): Promise<string> {
   return names[0]!;
 }
 
-test("the flush worker writes byte-for-byte the file the main thread writes (small and multi-group layers)", async () => {
+test("the flush worker writes byte-for-byte the file the main thread writes (small and large layers)", async () => {
   try {
     await withTempDir(async (dir) => {
       const cases = [

@@ -13,19 +13,25 @@
  * the owner must keep the fd open and the arrays unchanged until the flush
  * has settled (InMemoryLayer.close is only called after it).
  *
- * Flushing visits values in key order, i.e. in random file order. One pread
- * per value cost a third of ingest time (~5 µs each), and reading the whole
- * file into one buffer costs a layer's worth of fresh memory per flush, whose
- * first touch is the expensive part on the test VM (~4-10 ms per MiB). So a
- * flush works in key groups: it takes the next keys whose values add up to at
- * most FLUSH_GROUP_BYTES, reads their values in file order through a
- * FLUSH_READ_CHUNK_BYTES window (each read starts at the next value still
- * wanted, so gaps larger than the window are skipped) into a group buffer,
- * then writes them out in key order. Both buffers are kept by the thread
- * between flushes (one pair; a concurrent flush allocates its own) and
- * released after FLUSH_BUFFER_IDLE_MS without a flush. A key whose versions
- * alone exceed the group buffer is read value by value. The delta writer's
- * awaits on its 1 MiB output writes yield to the event loop regularly.
+ * Flushing visits values in key order, i.e. in random file order; one pread
+ * per value cost a third of ingest time (~5 µs each). Two modes:
+ *   - whole-file (files up to FLUSH_WHOLE_FILE_MAX_BYTES, e.g. every layer of
+ *     bulk ingest): the file is read as it is into one value buffer, and
+ *     each key's versions go to the writer straight from there, as one batch
+ *     (DeltaLayerWriter.putVersions: no per-value copy, call or allocation
+ *     before the writer's own copy into its output buffer);
+ *   - key groups (larger files): the next keys whose values add up to at
+ *     most the value buffer's size are read in file order through a
+ *     FLUSH_READ_CHUNK_BYTES window (each read starts at the next value still
+ *     wanted, so gaps larger than the window are skipped) into the buffer,
+ *     laid out in key order, then written out the same way. A key whose
+ *     versions alone exceed the buffer is read value by value.
+ * Buffers and index scratch arrays are kept by the thread between flushes
+ * (one set; a concurrent flush allocates its own) and released after
+ * FLUSH_BUFFER_IDLE_MS without a flush: fresh memory's first touch is the
+ * expensive part on the test VM (~4-10 ms per MiB), and would otherwise be
+ * paid per flush. The delta writer's awaits on its 1 MiB output writes
+ * yield to the event loop regularly.
  *
  * Crash safety is the delta writer's (layer_file.ts: temp file, fsync,
  * rename, directory fsync); a cancelled or failed flush removes its partial
@@ -37,10 +43,21 @@ import { assert, StrataError } from "../../lib/errors.js";
 import { formatLsn, type Lsn } from "../../lib/lsn.js";
 import type { Key } from "../key.js";
 import { DeltaLayerWriter, type WrittenLayer } from "./delta_layer.js";
+import type { DeltaVersionBatch } from "./layer_file.js";
 import { FULL_KEY_RANGE, type KeyRange } from "./range.js";
 
 /** Value bytes of one flush group (see the module comment): 16 MiB keeps passes over a 256 MiB layer few. */
 export const FLUSH_GROUP_BYTES = 16 * 1024 * 1024;
+/**
+ * A frozen layer whose ephemeral file is at most this large is flushed in
+ * whole-file mode (module comment): the file is read into one kept buffer,
+ * grown to fit. Covers the layers of bulk ingest (timeline.ts
+ * BULK_LAYER_BYTES, 32 MiB) with room; the memory is the thread's until
+ * FLUSH_BUFFER_IDLE_MS without a flush.
+ */
+export const FLUSH_WHOLE_FILE_MAX_BYTES = 64 * 1024 * 1024;
+/** The kept value buffer grows in steps of this size (fewer reallocations as layer sizes vary). */
+const VALUES_GROWTH_BYTES = 8 * 1024 * 1024;
 /** Read window of a flush group's sweep over the ephemeral file. */
 export const FLUSH_READ_CHUNK_BYTES = 1024 * 1024;
 /** Kept flush buffers unused this long are released (the next flush allocates again). */
@@ -80,32 +97,91 @@ export interface FrozenFlushOptions {
   generation?: number;
   indexPageSizeBytes?: number;
   signal?: AbortSignal;
-  /** Flush buffer sizes (tests); default FLUSH_GROUP_BYTES / FLUSH_READ_CHUNK_BYTES from the kept pair. */
+  /**
+   * Flush buffer sizes (tests): with either given, the flush uses fresh
+   * buffers of these sizes (default FLUSH_GROUP_BYTES / FLUSH_READ_CHUNK_BYTES)
+   * and reads the whole file at once only when it fits `groupBytes`.
+   */
   groupBytes?: number;
   readChunkBytes?: number;
 }
 
-interface FlushBuffers {
-  readonly group: Buffer;
+/**
+ * A flush's buffers and index scratch arrays (see the module comment), kept
+ * by the thread between flushes and grown, never shrunk, while kept: fresh
+ * memory costs a page fault per 4 KiB on first touch, several ms per MiB on
+ * the test VM, which for per-flush arrays of a few MiB would be a good part
+ * of a flush.
+ */
+class FlushScratch {
+  values: Buffer;
   readonly chunk: Buffer;
+  private i32 = new Int32Array(0);
+  private f64 = new Float64Array(0);
+
+  constructor(valuesBytes: number, chunkBytes: number) {
+    this.values = Buffer.allocUnsafe(valuesBytes);
+    this.chunk = Buffer.allocUnsafe(chunkBytes);
+  }
+
+  /** The value buffer, grown to at least `bytes` (kept scratch only; rounded up so growth is rare). */
+  valuesOf(bytes: number): Buffer {
+    if (this.values.length < bytes) this.values = Buffer.allocUnsafe(Math.ceil(bytes / VALUES_GROWTH_BYTES) * VALUES_GROWTH_BYTES);
+    return this.values;
+  }
+
+  /** The index arrays of a flush of `nslots` keys and `n` versions, as views of kept storage (contents undefined). */
+  indexArrays(nslots: number, n: number): FlushArrays {
+    const i32Len = 2 * nslots + 6 * n;
+    const f64Len = nslots + n;
+    if (this.i32.length < i32Len) this.i32 = new Int32Array(grownLength(i32Len));
+    if (this.f64.length < f64Len) this.f64 = new Float64Array(grownLength(f64Len));
+    let i = 0;
+    const i32 = (len: number): Int32Array => this.i32.subarray(i, (i += len));
+    let f = 0;
+    const f64 = (len: number): Float64Array => this.f64.subarray(f, (f += len));
+    return {
+      order: i32(nslots), slotRows: i32(nslots), rows: i32(n), rowSlot: i32(n), rowGroup: i32(n), byFile: i32(n), at: i32(n), len: i32(n),
+      slotBytes: f64(nslots), lsn: f64(n),
+    };
+  }
 }
 
-/** The flush buffers this thread keeps between flushes (see the module comment). */
-class FlushBufferPool {
-  private kept: FlushBuffers | undefined;
+/** See FrozenFlush.run for the roles. */
+interface FlushArrays {
+  readonly order: Int32Array;
+  readonly slotRows: Int32Array;
+  readonly rows: Int32Array;
+  readonly rowSlot: Int32Array;
+  readonly rowGroup: Int32Array;
+  readonly byFile: Int32Array;
+  readonly at: Int32Array;
+  readonly len: Int32Array;
+  readonly slotBytes: Float64Array;
+  readonly lsn: Float64Array;
+}
+
+/** Growth of scratch arrays: room for the next, somewhat larger layer without a reallocation. */
+function grownLength(n: number): number {
+  return Math.ceil(n * 1.25) + 1024;
+}
+
+/** The flush scratch this thread keeps between flushes (see the module comment). */
+class FlushScratchPool {
+  private kept: FlushScratch | undefined;
   private busy = false;
   private timer: NodeJS.Timeout | undefined;
 
-  acquire(): FlushBuffers {
-    if (this.busy) return { group: Buffer.allocUnsafe(FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(FLUSH_READ_CHUNK_BYTES) };
+  acquire(): FlushScratch {
+    if (this.busy) return new FlushScratch(FLUSH_GROUP_BYTES, FLUSH_READ_CHUNK_BYTES);
     this.busy = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
-    this.kept ??= { group: Buffer.allocUnsafe(FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(FLUSH_READ_CHUNK_BYTES) };
+    this.kept ??= new FlushScratch(FLUSH_GROUP_BYTES, FLUSH_READ_CHUNK_BYTES);
     return this.kept;
   }
 
-  release(b: FlushBuffers): void {
+  release(b: FlushScratch): void {
     if (b !== this.kept || !this.busy) return;
     this.busy = false;
     this.timer = setTimeout(() => {
@@ -116,7 +192,7 @@ class FlushBufferPool {
   }
 }
 
-const flushBufferPool = new FlushBufferPool();
+const flushScratchPool = new FlushScratchPool();
 
 /**
  * Writes the frozen layer `snap` to a new delta layer file in `dir` (key
@@ -132,29 +208,43 @@ export async function writeFrozenLayer(snap: FrozenLayerSnapshot, dir: string, o
     ...(opts.indexPageSizeBytes === undefined ? {} : { indexPageSizeBytes: opts.indexPageSizeBytes }),
   });
   const custom = opts.groupBytes !== undefined || opts.readChunkBytes !== undefined;
-  const bufs = custom
-    ? { group: Buffer.allocUnsafe(opts.groupBytes ?? FLUSH_GROUP_BYTES), chunk: Buffer.allocUnsafe(opts.readChunkBytes ?? FLUSH_READ_CHUNK_BYTES) }
-    : flushBufferPool.acquire();
+  const scratch = custom ? new FlushScratch(opts.groupBytes ?? FLUSH_GROUP_BYTES, opts.readChunkBytes ?? FLUSH_READ_CHUNK_BYTES) : flushScratchPool.acquire();
   try {
-    await new FrozenFlush(snap, writer, bufs).run(opts.signal);
+    // Whole-file mode when the file fits the value buffer (grown up to FLUSH_WHOLE_FILE_MAX_BYTES when kept).
+    const values = !custom && snap.fileLen <= FLUSH_WHOLE_FILE_MAX_BYTES ? scratch.valuesOf(snap.fileLen) : scratch.values;
+    await new FrozenFlush(snap, writer, scratch, values).run(opts.signal);
     return await writer.finish();
   } catch (e) {
     await writer.abort();
     throw e;
   } finally {
-    if (!custom) flushBufferPool.release(bufs);
+    if (!custom) flushScratchPool.release(scratch);
   }
 }
+
+/** Keys between two checks of the cancellation signal in whole-file mode (a few ms of work). */
+const KEYS_PER_ABORT_CHECK = 1024;
 
 /** One flush's state: the snapshot, the writer and the buffers. */
 class FrozenFlush {
   private readonly exactLsn: boolean;
   private readonly startNum: number;
+  // Scratch arrays (views of the kept scratch; see `run` for their roles).
+  private order!: Int32Array;
+  private slotRows!: Int32Array;
+  private slotBytes!: Float64Array;
+  private rows!: Int32Array;
+  private rowSlot!: Int32Array;
+  private rowGroup!: Int32Array;
+  private byFile!: Int32Array;
+  private batch!: DeltaVersionBatch;
 
   constructor(
     private readonly s: FrozenLayerSnapshot,
     private readonly writer: DeltaLayerWriter,
-    private readonly bufs: FlushBuffers,
+    private readonly scratch: FlushScratch,
+    /** Value buffer: the whole file when it fits (whole-file mode), else one key group's values. */
+    private readonly values: Buffer,
   ) {
     this.exactLsn = s.endLsn <= BigInt(Number.MAX_SAFE_INTEGER);
     this.startNum = Number(s.startLsn);
@@ -162,46 +252,59 @@ class FrozenFlush {
 
   async run(signal: AbortSignal | undefined): Promise<void> {
     const s = this.s;
-    // Slots in key order; per slot its value bytes (the group planning below sums them).
     const nslots = s.slotKeys.length;
-    const order = new Int32Array(nslots);
+    const n = s.entryCount;
+    // order: slots in key order; slotRows / slotBytes: each slot's versions and value bytes;
+    // rows: versions in key order (oldest first per key); rowSlot: a version's place in the
+    // group buffer; rowGroup: the group a version belongs to (0: none yet); byFile: a group's
+    // versions in file order; batch: the versions handed to the writer.
+    const a = this.scratch.indexArrays(nslots, n);
+    ({ order: this.order, slotRows: this.slotRows, slotBytes: this.slotBytes, rows: this.rows, rowSlot: this.rowSlot, rowGroup: this.rowGroup, byFile: this.byFile } = a);
+    // (a plain Uint8Array view: Buffer's own subarray, used per value, is slower)
+    this.batch = { src: new Uint8Array(this.values.buffer, this.values.byteOffset, this.values.length), lsn: a.lsn, at: a.at, len: a.len };
+    const { order, slotRows, slotBytes } = this;
     for (let i = 0; i < nslots; i++) order[i] = i;
     const keys = s.slotKeys;
     order.sort((a, b) => (keys[a]! < keys[b]! ? -1 : 1));
-    const slotBytes = new Float64Array(nslots);
-    const slotRows = new Int32Array(nslots);
     for (let sl = 0; sl < nslots; sl++) {
       let sum = 0;
-      let n = 0;
+      let count = 0;
       for (let row = s.slotHead[sl]!; row >= 0; row = s.rowPrev[row]!) {
         sum += s.rowLen[row]!;
-        n++;
+        count++;
       }
       slotBytes[sl] = sum;
-      slotRows[sl] = n;
+      slotRows[sl] = count;
     }
-    const rowSlot = new Int32Array(s.entryCount);
-    const rowGroup = new Int32Array(s.entryCount);
+    if (s.fileLen <= this.values.length) {
+      await this.writeWholeFile(signal);
+      return;
+    }
+    this.rowGroup.fill(0);
     let group = 0;
     let k = 0;
     while (k < nslots) {
-      if (signal?.aborted === true) {
-        throw new StrataError("cancelled", `Flush of in-memory layer at ${formatLsn(s.startLsn)} cancelled`, { cause: signal.reason });
-      }
+      this.checkAbort(signal);
       // The group: slots order[k, end) whose values fit the group buffer (at least one key).
       let end = k;
       let total = 0;
       let count = 0;
       while (end < nslots) {
         const sl = order[end]!;
-        if (end > k && total + slotBytes[sl]! > this.bufs.group.length) break;
+        if (end > k && total + slotBytes[sl]! > this.values.length) break;
         total += slotBytes[sl]!;
         count += slotRows[sl]!;
         end++;
       }
-      if (total > this.bufs.group.length) await this.writeKeyValueByValue(order[k]!, slotRows[order[k]!]!);
-      else await this.writeGroup(order, k, end, count, slotRows, rowSlot, rowGroup, ++group);
+      if (total > this.values.length) await this.writeKeyValueByValue(order[k]!, slotRows[order[k]!]!);
+      else await this.writeGroup(k, end, count, ++group);
       k = end;
+    }
+  }
+
+  private checkAbort(signal: AbortSignal | undefined): void {
+    if (signal?.aborted === true) {
+      throw new StrataError("cancelled", `Flush of in-memory layer at ${formatLsn(this.s.startLsn)} cancelled`, { cause: signal.reason });
     }
   }
 
@@ -220,22 +323,71 @@ class FrozenFlush {
   }
 
   /**
+   * Whole-file mode: the file is read into the value buffer as it is (large
+   * sequential reads, no per-value copy), and every key's versions go to
+   * the writer straight from there, in key order.
+   */
+  private async writeWholeFile(signal: AbortSignal | undefined): Promise<void> {
+    const s = this.s;
+    const { order, slotRows, rows, batch, values } = this;
+    this.readSync(0, s.fileLen, values);
+    const nslots = s.slotKeys.length;
+    let i = 0;
+    for (let k = 0; k < nslots; k++) {
+      const sl = order[k]!;
+      this.rowsOf(sl, slotRows[sl]!, rows, i);
+      i += slotRows[sl]!;
+    }
+    const count = i;
+    if (!this.exactLsn) {
+      // (LSNs past 2^53: per version, with bigint LSNs)
+      i = 0;
+      for (let k = 0; k < nslots; k++) {
+        if (k % KEYS_PER_ABORT_CHECK === 0) this.checkAbort(signal);
+        const sl = order[k]!;
+        const key = s.slotKeys[sl]!;
+        for (let last = i + slotRows[sl]!; i < last; i++) {
+          const row = rows[i]!;
+          const off = s.rowOff[row]!;
+          const pending = this.putRow(key, row, values.subarray(off, off + s.rowLen[row]!));
+          if (pending !== undefined) await pending;
+        }
+      }
+      return;
+    }
+    const { lsn, at, len } = batch;
+    for (let j = 0; j < count; j++) {
+      const row = rows[j]!;
+      lsn[j] = this.startNum + s.rowLsn[row]!;
+      at[j] = s.rowOff[row]!;
+      len[j] = s.rowLen[row]!;
+    }
+    i = 0;
+    for (let k = 0; k < nslots; k++) {
+      if (k % KEYS_PER_ABORT_CHECK === 0) this.checkAbort(signal);
+      const sl = order[k]!;
+      const nv = slotRows[sl]!;
+      const pending = this.writer.putVersions(s.slotKeys[sl]!, batch, i, i + nv);
+      if (pending !== undefined) await pending;
+      i += nv;
+    }
+  }
+
+  /**
    * Reads the values of the slots order[from, to) (`count` rows) in file
    * order into the group buffer, then writes them in key order. `rowSlot`
    * (one element per row of the layer, reused across groups) maps a row to
    * its place in the group buffer; `rowGroup` (likewise) marks the rows of
    * group number `groupNo`.
    */
-  private async writeGroup(
-    order: Int32Array, from: number, to: number, count: number, slotRows: Int32Array, rowSlot: Int32Array, rowGroup: Int32Array, groupNo: number,
-  ): Promise<void> {
+  private async writeGroup(from: number, to: number, count: number, groupNo: number): Promise<void> {
     const s = this.s;
-    const { chunk } = this.bufs;
-    const groupBuf = this.bufs.group;
+    const { order, slotRows, rows, rowSlot, rowGroup, byFile } = this;
+    const { chunk } = this.scratch;
+    const groupBuf = this.values;
     const group = new Uint8Array(groupBuf.buffer, groupBuf.byteOffset, groupBuf.length);
     const chunkU8 = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
     // Rows in key order (oldest first per key), each given its place in the group buffer.
-    const rows = new Int32Array(count);
     let n = 0;
     for (let k = from; k < to; k++) {
       const sl = order[k]!;
@@ -256,7 +408,6 @@ class FrozenFlush {
     // File order = row order (see the invariants): the group's rows in
     // ascending row number, by a pass over the marks (linear; a layer has
     // few groups) rather than a sort.
-    const byFile = new Int32Array(count);
     let found = 0;
     for (let r = minRow; r <= maxRow; r++) if (rowGroup[r] === groupNo) byFile[found++] = r;
     assert(found === count, "every row of a flush group is marked once");
@@ -296,16 +447,37 @@ class FrozenFlush {
         else for (let i = 0; i < len; i++) group[at + i] = chunkU8[rel + i]!;
       }
     }
+    if (!this.exactLsn) {
+      // (LSNs past 2^53: per version, with bigint LSNs)
+      let i = 0;
+      for (let k = from; k < to; k++) {
+        const sl = order[k]!;
+        const key = s.slotKeys[sl]!;
+        for (let last = i + slotRows[sl]!; i < last; i++) {
+          const row = rows[i]!;
+          const at = rowSlot[row]!;
+          const pending = this.putRow(key, row, group.subarray(at, at + s.rowLen[row]!));
+          if (pending !== undefined) await pending;
+        }
+      }
+      return;
+    }
+    // The group's versions in key order as one batch, handed to the writer a key at a time.
+    const batch = this.batch;
+    const { lsn, at, len } = batch;
+    for (let i = 0; i < count; i++) {
+      const row = rows[i]!;
+      lsn[i] = this.startNum + s.rowLsn[row]!;
+      at[i] = rowSlot[row]!;
+      len[i] = s.rowLen[row]!;
+    }
     let i = 0;
     for (let k = from; k < to; k++) {
       const sl = order[k]!;
-      const key = s.slotKeys[sl]!;
-      for (let last = i + slotRows[sl]!; i < last; i++) {
-        const row = rows[i]!;
-        const at = rowSlot[row]!;
-        const pending = this.putRow(key, row, group.subarray(at, at + s.rowLen[row]!));
-        if (pending !== undefined) await pending;
-      }
+      const nv = slotRows[sl]!;
+      const pending = this.writer.putVersions(s.slotKeys[sl]!, batch, i, i + nv);
+      if (pending !== undefined) await pending;
+      i += nv;
     }
   }
 

@@ -1,11 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readdir } from "node:fs/promises";
+import { mkdir, readdir, readFile } from "node:fs/promises";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { StrataError } from "../../lib/errors.js";
 import { lsn, LSN_MAX, type Lsn } from "../../lib/lsn.js";
-import { KEY_END, KEY_MIN, type Key } from "../key.js";
+import { formatKey, KEY_END, KEY_MIN, relBlockKey, relDirKey, relmapKey, relSizeKey, slruBlockKey, SlruKind, type Key } from "../key.js";
 import { DeltaLayerReader } from "./delta_layer.js";
 import { InMemoryLayer } from "./inmemory_layer.js";
 import { parseLayerFileName } from "./layer_name.js";
@@ -149,11 +149,16 @@ test("flush groups: any group and read-window size writes the same delta layer (
       layer.freeze(lsn(layer.lastPutLsn! + 1n));
       // 9000-byte groups: a key with two 8 KiB images exceeds a group (read value by value);
       // a 100-byte window is smaller than most values (read directly into the group buffer).
+      // ({} reads the whole file at once, whole-file mode; the small groups sweep the file in key groups.)
       const configs = [{}, { groupBytes: 20_000, readChunkBytes: 4096 }, { groupBytes: 9000, readChunkBytes: 100 }, { groupBytes: 1 << 20, readChunkBytes: 777 }];
+      let first: Buffer | undefined;
       for (const [i, cfg] of configs.entries()) {
         const sub = `${dir}/out${i}`;
         await mkdir(sub);
         const written = await layer.writeDeltaLayer(sub, cfg);
+        const bytes = await readFile(written.path);
+        first ??= bytes;
+        assert.ok(bytes.equals(first), `config ${JSON.stringify(cfg)} writes the same bytes as the default`);
         const r = await DeltaLayerReader.open(written.path);
         const flushed: ValueEntry[] = [];
         for await (const e of r.iterate()) flushed.push(e);
@@ -211,6 +216,83 @@ test("putWal / putWalAt store head ++ body as put would; one record under severa
     } finally {
       a.close();
       b.close();
+    }
+  });
+});
+
+test("relation-block slots by fork table equal slots by key; other keys keep their own; reads and the flush see both", async () => {
+  await withTempDir(async (dir) => {
+    const layer = InMemoryLayer.create({ dir, startLsn: START });
+    try {
+      const rng = new Rng(17);
+      const tags = [
+        { spcOid: 1663, dbOid: 5, relNumber: 16384, fork: 0 },
+        { spcOid: 1663, dbOid: 5, relNumber: 16384, fork: 2 },
+        { spcOid: 1664, dbOid: 0, relNumber: 16384, fork: 0 }, // same relation number, other tablespace
+        { spcOid: 0xffffffff, dbOid: 0xffffffff, relNumber: 0xffffffff, fork: 3 },
+      ];
+      // blocks in the dense table and beyond it (1 << 20 and up), including the largest valid block
+      const blocks = [0, 1, 63, 64, 1000, (1 << 20) - 1, 1 << 20, 0xfffffffe];
+      const others = [relSizeKey(tags[0]!), relmapKey(1663, 5), relDirKey(1663, 5), slruBlockKey(SlruKind.Clog, 0, 3), 5n as Key, (KEY_END - 1n) as Key];
+      const model: ValueEntry[] = [];
+      let l = START;
+      for (let round = 0; round < 3; round++) {
+        for (const tag of tags) {
+          for (const blk of blocks) {
+            l = lsn(l + 8n);
+            const key = relBlockKey(tag, blk);
+            const viaTable = layer.forkSlots(tag.spcOid, tag.dbOid, tag.relNumber, tag.fork).slotOf(blk);
+            assert.equal(layer.slotOf(key), viaTable, `slot of ${formatKey(key)}`);
+            const value: Value = { kind: "image", bytes: rng.bytes(1 + rng.int(20)) };
+            // alternate between the two ways in, so each finds what the other created
+            layer.putAt(rng.bool() ? viaTable : layer.slotOf(key), l, value);
+            model.push({ key, lsn: l, value });
+          }
+        }
+        for (const key of others) {
+          l = lsn(l + 8n);
+          const value: Value = { kind: "image", bytes: rng.bytes(3) };
+          layer.putAt(layer.slotOf(key), l, value);
+          model.push({ key, lsn: l, value });
+        }
+      }
+      assert.equal(layer.keyCount, tags.length * blocks.length + others.length);
+      for (const key of new Set(model.map((e) => e.key))) {
+        const want = model.filter((e) => e.key === key).reverse();
+        assert.deepEqual(await layer.getValues(key, { start: START, end: LSN_MAX as Lsn }), want, formatKey(key));
+      }
+      assert.deepEqual(await layer.getValues(relBlockKey(tags[0]!, 2), { start: START, end: LSN_MAX as Lsn }), [], "a block never put");
+      layer.freeze(lsn(l + 1n));
+      const written = await layer.writeDeltaLayer(dir);
+      const r = await DeltaLayerReader.open(written.path);
+      const flushed: ValueEntry[] = [];
+      for await (const e of r.iterate()) flushed.push(e);
+      await r.close();
+      model.sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : x.lsn < y.lsn ? -1 : 1));
+      assert.deepEqual(flushed, model);
+    } finally {
+      layer.close();
+    }
+  });
+});
+
+test("fork slot tables: a block kept in the Map stays found after the dense table grows over it; memory follows the keys", async () => {
+  await withTempDir(async (dir) => {
+    const layer = InMemoryLayer.create({ dir, startLsn: START });
+    try {
+      const tag = { spcOid: 1663, dbOid: 5, relNumber: 16400, fork: 0 };
+      const table = layer.forkSlots(tag.spcOid, tag.dbOid, tag.relNumber, tag.fork);
+      const far = table.slotOf(5000); // beyond the initial dense cover: kept in the Map
+      const slots = new Map<number, number>([[5000, far]]);
+      for (let b = 0; b < 600; b++) slots.set(b * 9, table.slotOf(b * 9)); // 600 keys: the dense cover grows past 5000
+      for (const [b, s] of slots) {
+        assert.equal(table.slotOf(b), s, `block ${b}`);
+        assert.equal(layer.slotOf(relBlockKey(tag, b)), s, `block ${b} by key`);
+      }
+      assert.equal(layer.keyCount, slots.size);
+      assert.equal(table.find(1), -1);
+    } finally {
+      layer.close();
     }
   });
 });

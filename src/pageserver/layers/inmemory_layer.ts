@@ -12,13 +12,18 @@
  * Memory stays bounded although the name says "in memory": value bytes are
  * appended to an ephemeral file (through a small write buffer) and only an
  * index stays in the JavaScript heap. The index is batch-shaped, with no
- * object per version: each distinct key gets a dense slot number (one Map
- * from key to slot), and versions are rows of four typed arrays — LSN offset
+ * object per version: each distinct key gets a dense slot number, and
+ * versions are rows of four typed arrays — LSN offset
  * from startLsn, file offset, length, and the row of the key's previous
  * version — so a key's versions form a chain from its newest row (`slotHead`)
  * back to its oldest. About 24 bytes per version however large the value,
  * nothing for the garbage collector to trace per put, and the arrays grow by
- * doubling. The ephemeral file is never fsynced: after a crash the layer's
+ * doubling (into the arrays of a closed layer when one is kept). Keys map to
+ * slots through a table per relation fork for relation blocks (block number
+ * -> slot in a typed array: `forkSlots`, what ingest uses, with no bigint
+ * key or Map lookup per block) and a Map for all other keys; `slotOf(key)`
+ * routes a key to where it belongs, so both ways in meet the same slot.
+ * The ephemeral file is never fsynced: after a crash the layer's
  * content is re-ingested from WAL above the timeline's disk-consistent LSN,
  * and the file (`ephemeral-*.tmp`) is garbage.
  *
@@ -54,11 +59,11 @@
  * the row number (rows are appended in put order; a shared value's offset is
  * that of an earlier row), so sorting row numbers sorts by file offset.
  */
-import { closeSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
+import { close, openSync, readSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { assert, StrataError } from "../../lib/errors.js";
 import { formatLsn, lsnMax, lsnMin, type Lsn } from "../../lib/lsn.js";
-import { formatKey, type Key } from "../key.js";
+import { FORK_INIT, formatKey, relBlockKey, type Key, type RelTag } from "../key.js";
 import type { WrittenLayer } from "./delta_layer.js";
 import { flushOnWorker } from "./flush_worker.js";
 import { FLUSH_BUFFER_IDLE_MS, writeFrozenLayer, type FrozenFlushOptions, type FrozenLayerSnapshot } from "./frozen_layer_flush.js";
@@ -89,31 +94,51 @@ interface RowArrays {
 
 /** Largest row arrays kept for the next layer: 1M rows, 24 MiB. */
 const KEPT_ROWS_MAX = 1 << 20;
+/**
+ * Row array sets kept: the layer being flushed gives its set back when it
+ * closes, often after the next layer opened, so with two kept sets a new or
+ * growing layer usually finds one.
+ */
+const KEPT_ROW_SETS = 2;
 
 /**
- * The row arrays of the last closed layer, for the next layer to start with
- * (their first touch is paid once, not per layer); released after
- * FLUSH_BUFFER_IDLE_MS unused.
+ * The row arrays of closed layers, for later layers to start with or grow
+ * into (their first touch is paid once, not per layer: fresh memory costs
+ * a page fault per 4 KiB, several ms per MiB on the test VM); released
+ * after FLUSH_BUFFER_IDLE_MS unused.
  */
 class RowArrayPool {
-  private kept: RowArrays | undefined;
+  private kept: RowArrays[] = [];
   private timer: NodeJS.Timeout | undefined;
 
+  /** The largest kept set, or fresh arrays of INITIAL_ROWS. */
   take(): RowArrays {
-    const k = this.kept;
-    this.kept = undefined;
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
-    return k ?? { lsn: sharedF64(INITIAL_ROWS), off: sharedF64(INITIAL_ROWS), len: sharedI32(INITIAL_ROWS), prev: sharedI32(INITIAL_ROWS) };
+    let best = -1;
+    for (let i = 0; i < this.kept.length; i++) if (best < 0 || this.kept[i]!.lsn.length > this.kept[best]!.lsn.length) best = i;
+    if (best < 0) return { lsn: sharedF64(INITIAL_ROWS), off: sharedF64(INITIAL_ROWS), len: sharedI32(INITIAL_ROWS), prev: sharedI32(INITIAL_ROWS) };
+    return this.kept.splice(best, 1)[0]!;
+  }
+
+  /** A kept set of at least `rows` rows (the smallest such), if any. */
+  takeAtLeast(rows: number): RowArrays | undefined {
+    let best = -1;
+    for (let i = 0; i < this.kept.length; i++) {
+      const n = this.kept[i]!.lsn.length;
+      if (n >= rows && (best < 0 || n < this.kept[best]!.lsn.length)) best = i;
+    }
+    return best < 0 ? undefined : this.kept.splice(best, 1)[0]!;
   }
 
   give(rows: RowArrays): void {
-    if (rows.lsn.length > KEPT_ROWS_MAX || (this.kept !== undefined && this.kept.lsn.length >= rows.lsn.length)) return;
-    this.kept = rows;
+    if (rows.lsn.length > KEPT_ROWS_MAX) return;
+    this.kept.push(rows);
+    // keep the largest sets
+    this.kept.sort((a, b) => b.lsn.length - a.lsn.length);
+    this.kept.length = Math.min(this.kept.length, KEPT_ROW_SETS);
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.kept = undefined;
+      this.kept = [];
     }, FLUSH_BUFFER_IDLE_MS);
     this.timer.unref();
   }
@@ -169,6 +194,85 @@ export interface InMemoryLayerOptions {
 
 let ephemeralCounter = 0;
 
+/**
+ * A fork's dense block table (ForkSlots) covers blocks below
+ * max(DENSE_MIN_BLOCKS, DENSE_BLOCKS_PER_KEY x the fork's keys in the layer),
+ * at 4 bytes a block: so it costs at most ~64 bytes per key plus 16 KiB per
+ * fork, however sparse the blocks; blocks beyond go to a Map. (Ingest of a
+ * table's random updates fills it densely soon: 2k keys of a 32k-block table.)
+ */
+const DENSE_MIN_BLOCKS = 4096;
+const DENSE_BLOCKS_PER_KEY = 16;
+/** 2^136: keys below it are in the relation namespace (top byte 0). */
+const REL_NAMESPACE_END = 1n << 136n;
+/** Block number of relation size keys (InvalidBlockNumber): not a block. */
+const SIZE_BLOCK = 0xffffffff;
+
+/**
+ * The fields of `key` when it is a relation block key (key.ts layout:
+ * namespace 0, relNumber != 0, fork 0..3, block != InvalidBlockNumber),
+ * else undefined. Off the hot path (general ingest path and reads).
+ */
+function relBlockOf(key: Key): { spcOid: number; dbOid: number; relNumber: number; fork: number; blk: number } | undefined {
+  if (key >= REL_NAMESPACE_END || key < 0n) return undefined;
+  const blk = Number(key & 0xffffffffn);
+  const fork = Number((key >> 32n) & 0xffn);
+  const relNumber = Number((key >> 40n) & 0xffffffffn);
+  if (blk === SIZE_BLOCK || fork > FORK_INIT || relNumber === 0) return undefined;
+  return { spcOid: Number((key >> 104n) & 0xffffffffn), dbOid: Number((key >> 72n) & 0xffffffffn), relNumber, fork, blk };
+}
+
+/** The slots of one relation fork's blocks in one in-memory layer (InMemoryLayer.forkSlots). */
+export class ForkSlots {
+  readonly spcOid: number;
+  readonly dbOid: number;
+  readonly relNumber: number;
+  readonly fork: number;
+  /** Block -> slot + 1 (0: none here) for the blocks it covers; other blocks' slots are in `sparse`. */
+  private dense = new Int32Array(0);
+  private sparse: Map<number, number> | undefined;
+  private keys = 0;
+
+  constructor(
+    tag: RelTag,
+    /** relBlockKey(tag, 0): a block's key is keyBase + block. */
+    private readonly keyBase: Key,
+    private readonly newSlot: (key: Key) => number,
+  ) {
+    this.spcOid = tag.spcOid;
+    this.dbOid = tag.dbOid;
+    this.relNumber = tag.relNumber;
+    this.fork = tag.fork;
+  }
+
+  /** The slot of block `blk` (a valid block number), or -1. */
+  find(blk: number): number {
+    if (blk < this.dense.length) {
+      const s = this.dense[blk]!;
+      if (s > 0) return s - 1;
+    }
+    // (a block may have gone to the Map before the dense table grew over it)
+    return this.sparse?.get(blk) ?? -1;
+  }
+
+  /** The slot of block `blk`, created when new. */
+  slotOf(blk: number): number {
+    const found = this.find(blk);
+    if (found >= 0) return found;
+    const slot = this.newSlot((this.keyBase + BigInt(blk)) as Key);
+    this.keys++;
+    const cover = Math.max(DENSE_MIN_BLOCKS, DENSE_BLOCKS_PER_KEY * this.keys);
+    if (blk >= this.dense.length && blk < cover) {
+      const grown = new Int32Array(Math.min(cover, Math.max(blk + 1, this.dense.length * 2)));
+      grown.set(this.dense);
+      this.dense = grown;
+    }
+    if (blk < this.dense.length) this.dense[blk] = slot + 1;
+    else (this.sparse ??= new Map()).set(blk, slot);
+    return slot;
+  }
+}
+
 export class InMemoryLayer {
   readonly startLsn: Lsn;
   readonly path: string;
@@ -179,8 +283,10 @@ export class InMemoryLayer {
   private fileLen = 0;
 
   // ---- the index (see the module comment)
-  /** key -> slot. */
+  /** key -> slot, for keys other than relation blocks (those are in `forks`). */
   private readonly slots = new Map<Key, number>();
+  /** Relation number -> the slot tables of its forks in this layer (ForkSlots). */
+  private readonly forks = new Map<number, ForkSlots[]>();
   /** slot -> key. */
   private slotKeys: Key[] = [];
   /** slot -> newest row of the key. */
@@ -243,7 +349,7 @@ export class InMemoryLayer {
   }
 
   get keyCount(): number {
-    return this.slots.size;
+    return this.slotKeys.length;
   }
 
   /** Bytes of values appended (the ephemeral file's size, buffer included). */
@@ -253,7 +359,7 @@ export class InMemoryLayer {
 
   /** Estimated total footprint (file + heap index): what the checkpoint-distance trigger compares. */
   get sizeBytes(): number {
-    return this.valueBytes + this.entryCount * INDEX_BYTES_PER_ENTRY + this.slots.size * INDEX_BYTES_PER_KEY;
+    return this.valueBytes + this.entryCount * INDEX_BYTES_PER_ENTRY + this.slotKeys.length * INDEX_BYTES_PER_KEY;
   }
 
   /** Highest LSN put so far. */
@@ -274,22 +380,64 @@ export class InMemoryLayer {
    * Slots are valid for this layer only.
    */
   slotOf(key: Key): number {
+    const rb = relBlockOf(key);
+    if (rb !== undefined) return this.forkSlots(rb.spcOid, rb.dbOid, rb.relNumber, rb.fork).slotOf(rb.blk);
     let slot = this.slots.get(key);
     if (slot === undefined) {
-      assert(!this.closed, "put on a closed in-memory layer");
-      if (this.endLsn !== undefined) {
-        throw new StrataError("invalid_argument", `In-memory layer at ${formatLsn(this.startLsn)} is frozen; cannot add key ${formatKey(key)}`);
-      }
-      slot = this.slots.size;
-      if (slot === this.slotHead.length) {
-        const grown = sharedI32(slot * 2);
-        grown.set(this.slotHead);
-        this.slotHead = grown;
-      }
-      this.slotHead[slot] = -1;
-      this.slotKeys.push(key);
+      slot = this.newSlot(key);
       this.slots.set(key, slot);
     }
+    return slot;
+  }
+
+  /** The slot of `key`, or -1 when the layer has no version of it. */
+  private findSlot(key: Key): number {
+    const rb = relBlockOf(key);
+    if (rb === undefined) return this.slots.get(key) ?? -1;
+    const list = this.forks.get(rb.relNumber);
+    if (list === undefined) return -1;
+    for (const f of list) if (f.spcOid === rb.spcOid && f.dbOid === rb.dbOid && f.fork === rb.fork) return f.find(rb.blk);
+    return -1;
+  }
+
+  /**
+   * The slot table of one relation fork's blocks in this layer (created when
+   * new): `slotOf(blk)` there equals this layer's slotOf(relBlockKey(fork,
+   * blk)), looked up by block number in a typed array instead of by bigint
+   * key in a Map (~1 µs per new key on the test VM, and ingest meets tens of
+   * thousands of keys per layer). Ingest keeps the table per fork while it
+   * puts into this layer.
+   */
+  forkSlots(spcOid: number, dbOid: number, relNumber: number, fork: number): ForkSlots {
+    let list = this.forks.get(relNumber);
+    if (list === undefined) {
+      list = [];
+      this.forks.set(relNumber, list);
+    }
+    for (let i = 0; i < list.length; i++) {
+      const f = list[i]!;
+      if (f.fork === fork && f.dbOid === dbOid && f.spcOid === spcOid) return f;
+    }
+    const tag = { spcOid, dbOid, relNumber, fork };
+    const f = new ForkSlots(tag, relBlockKey(tag, 0), (key) => this.newSlot(key));
+    list.push(f);
+    return f;
+  }
+
+  /** Registers a new key (no versions yet) and returns its slot. */
+  private newSlot(key: Key): number {
+    assert(!this.closed, "put on a closed in-memory layer");
+    if (this.endLsn !== undefined) {
+      throw new StrataError("invalid_argument", `In-memory layer at ${formatLsn(this.startLsn)} is frozen; cannot add key ${formatKey(key)}`);
+    }
+    const slot = this.slotKeys.length;
+    if (slot === this.slotHead.length) {
+      const grown = sharedI32(slot * 2);
+      grown.set(this.slotHead);
+      this.slotHead = grown;
+    }
+    this.slotHead[slot] = -1;
+    this.slotKeys.push(key);
     return slot;
   }
 
@@ -370,7 +518,7 @@ export class InMemoryLayer {
   /** put's checks for a version of `slot` at `lsn` of `size` bytes. */
   private checkPut(slot: number, lsn: Lsn, size: number): void {
     assert(!this.closed, "put on a closed in-memory layer");
-    if (!(slot >= 0 && slot < this.slots.size)) assert(false, `in-memory layer: no slot ${slot}`);
+    if (!(slot >= 0 && slot < this.slotKeys.length)) assert(false, `in-memory layer: no slot ${slot}`);
     if (this.endLsn !== undefined) {
       throw new StrataError("invalid_argument", `In-memory layer at ${formatLsn(this.startLsn)} is frozen; cannot put at ${formatLsn(lsn)}`);
     }
@@ -410,6 +558,16 @@ export class InMemoryLayer {
 
   private growRows(): void {
     const n = this.rowLsn.length * 2;
+    const kept = rowArrayPool.takeAtLeast(n);
+    if (kept !== undefined) {
+      // a closed layer's arrays, already touched: copy into them
+      kept.lsn.set(this.rowLsn);
+      kept.off.set(this.rowOff);
+      kept.len.set(this.rowLen);
+      kept.prev.set(this.rowPrev);
+      ({ lsn: this.rowLsn, off: this.rowOff, len: this.rowLen, prev: this.rowPrev } = kept);
+      return;
+    }
     const lsns = sharedF64(n);
     lsns.set(this.rowLsn);
     this.rowLsn = lsns;
@@ -439,8 +597,8 @@ export class InMemoryLayer {
   async getValues(key: Key, lsnRange: LsnRange, opts: GetValuesOptions = {}): Promise<ValueEntry[]> {
     // (a closed layer's row arrays may already serve another layer)
     assert(!this.closed, "read of a closed in-memory layer");
-    const slot = this.slots.get(key);
-    if (slot === undefined) return [];
+    const slot = this.findSlot(key);
+    if (slot < 0) return [];
     const start = lsnMax(lsnRange.start, this.startLsn);
     const end = lsnMin(lsnRange.end, this.endLsn ?? LSN_UNBOUNDED);
     const out: ValueEntry[] = [];
@@ -495,12 +653,15 @@ export class InMemoryLayer {
     if (this.closed) return;
     this.closed = true;
     rowArrayPool.give({ lsn: this.rowLsn, off: this.rowOff, len: this.rowLen, prev: this.rowPrev });
-    closeSync(this.fd);
+    // The name goes now; the descriptor is closed on the thread pool: the
+    // last close of an unlinked file frees its page cache, tens of ms for a
+    // layer-sized file, which this thread (ingest) need not wait for.
     try {
       unlinkSync(this.path);
     } catch {
       // Already gone: nothing to release.
     }
+    close(this.fd, () => undefined); // (a failed close of a read-only-from-now file loses nothing)
   }
 
   /** Appends a value (`size` bytes once encoded) or an encoded one; returns its file offset. */

@@ -45,9 +45,10 @@ import { readSync } from "node:fs";
 import { open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { assert, StrataError } from "../../lib/errors.js";
-import { crc32c } from "../../formats/crc32c.js";
+import { crc32c, crc32cRange } from "../../formats/crc32c.js";
 import { lsn, type Lsn } from "../../lib/lsn.js";
 import type { Key } from "../key.js";
+import { copyWithCrc32c, crc32cU64 } from "./crc_copy.js";
 import { allocateReaderId, type IndexPageCache, sharedIndexPageCache } from "./page_cache.js";
 import { decodeKeyRangeEnd, encodeKeyRangeEnd, formatKeyRange, formatLsnRange, type KeyRange, type LsnRange } from "./range.js";
 import { tempFileName, tryParseLayerFileName, type LayerDesc } from "./layer_name.js";
@@ -91,6 +92,22 @@ const BACKGROUND_SYNC_BYTES = 8 * 1024 * 1024;
 const KEPT_WRITE_BUFFERS = 4;
 const keptWriteBuffers: Buffer[] = [];
 
+/** Bytes of a delta entry key's LSN (after the 18-byte key). */
+const DELTA_LSN_BYTES = 8;
+
+/**
+ * The versions of one key handed to `LayerFileWriter.addDeltaVersions` (a
+ * flush's batch): version i has LSN `lsn[i]` (an exact integer) and value
+ * `src[at[i], at[i] + len[i])`. Arrays are indexed by version; the caller
+ * reuses them between calls.
+ */
+export interface DeltaVersionBatch {
+  readonly src: Uint8Array;
+  readonly lsn: Float64Array;
+  readonly at: Int32Array;
+  readonly len: Int32Array;
+}
+
 /** Copies an entry key (tens of bytes): a loop beats Buffer.copy's call overhead at this size. */
 function copySmall(src: Uint8Array, dst: Uint8Array, at: number): void {
   for (let i = 0; i < src.length; i++) dst[at + i] = src[i]!;
@@ -116,6 +133,7 @@ const MAX_OFFSET = 2 ** 48 - 1;
 const MAGIC: Record<LayerFileFormat, Buffer> = { delta: Buffer.from("STRDELTA", "ascii"), image: Buffer.from("STRIMAGE", "ascii") };
 /** Entry key width: delta = 18-byte key + 8-byte LSN; image = key. */
 export const ENTRY_KEY_BYTES: Record<LayerFileFormat, number> = { delta: 26, image: 18 };
+const KEY_BYTES_OF_DELTA = 26;
 
 export interface LayerHeader {
   readonly format: LayerFileFormat;
@@ -296,11 +314,14 @@ export async function fsyncDir(dir: string): Promise<void> {
  * Streams entries (sorted strictly by entry key) into a new layer file.
  * Memory: one output buffer, one leaf page, and the first key of each leaf.
  *
- * `add` is the hot path of every flush and compaction (one call per value):
- * it copies the value and its CRC straight into the output buffer and the
- * entry into the leaf page, allocating nothing, and returns a promise only
- * when a buffer must be written out (once per WRITE_BUFFER_BYTES, or per
- * value larger than the room left), so callers await only then.
+ * `add` is the hot path of compaction (one call per value): it copies the
+ * value and its CRC straight into the output buffer and the entry into the
+ * leaf page, allocating nothing, and returns a promise only when a buffer
+ * must be written out (once per WRITE_BUFFER_BYTES, or per value larger than
+ * the room left), so callers await only then. `addDeltaVersions` is the
+ * flush's: all versions of one delta key per call, the same bytes as `add`
+ * per version, with the per-key work (order check, the key's part of the
+ * entry-key CRC) done once per key.
  *
  * Output is double-buffered: a full buffer is written by the thread pool
  * while the writer fills the other one (positioned writes, so completion
@@ -400,6 +421,160 @@ export class LayerFileWriter {
       return this.addLeafEntry(entryKey, offset, len);
     }
     return this.addSlow(entryKey, value, crc, offset);
+  }
+
+  /**
+   * Appends versions [from, to) of one key of a delta layer (`key` holds the
+   * key in its first 18 bytes; `b` describes the versions, LSNs strictly
+   * ascending and after the previous entry). The file gets exactly the bytes
+   * `add` would write for each version in turn; this is the flush's path,
+   * one call per key instead of one per version: the key's share of each
+   * entry key's CRC is computed once, the LSN goes straight into the leaf
+   * page, and nothing is allocated per version. Returns a promise only when
+   * an output buffer must be written (await it before the next call).
+   */
+  addDeltaVersions(key: Uint8Array, b: DeltaVersionBatch, from: number, to: number): Promise<void> | undefined {
+    if (this.state !== "open") assert(false, `layer writer for ${this.opts.name} is ${this.state}`);
+    if (this.keyBytes !== KEY_BYTES_OF_DELTA) assert(false, "addDeltaVersions on an image layer writer");
+    if (from >= to) return undefined;
+    this.checkDeltaOrder(key, b.lsn, from, to);
+    const done = this.fillDeltaVersions(key, b, from, to, crc32cRange(key, 0, KEY_BYTES_OF_DELTA - DELTA_LSN_BYTES));
+    return done === to ? undefined : this.addDeltaVersionsSlow(key, b, done, to);
+  }
+
+  /** addDeltaVersions' checks: the first entry sorts after the previous one, LSNs strictly ascend and are exact and in range. */
+  private checkDeltaOrder(key: Uint8Array, lsns: Float64Array, from: number, to: number): void {
+    const kb = KEY_BYTES_OF_DELTA - DELTA_LSN_BYTES;
+    let prev = -1;
+    for (let i = from; i < to; i++) {
+      const l = lsns[i]!;
+      if (!(Number.isSafeInteger(l) && l > prev)) {
+        throw new StrataError("invalid_argument", `Layer ${this.opts.name}: version LSNs of one key must be exact integers in strictly ascending order, got ${l} after ${prev}`);
+      }
+      prev = l;
+    }
+    if (this.entryCount === 0) return;
+    // (key, lsn[from]) must sort after `last`: byte order of the key, then the LSN.
+    const last = this.last;
+    let c = 0;
+    for (let i = 0; i < kb && c === 0; i++) c = key[i]! - last[i]!;
+    if (c === 0) {
+      const hi = last.readUInt32BE(kb);
+      const lastLsn = hi * 0x1_0000_0000 + last.readUInt32BE(kb + 4);
+      c = lsns[from]! - lastLsn;
+    }
+    if (c <= 0) {
+      throw new StrataError(
+        "invalid_argument",
+        `Layer ${this.opts.name}: entry ${Buffer.from(key.subarray(0, kb)).toString("hex")}/${lsns[from]} does not sort after ${this.last.toString("hex")}`,
+      );
+    }
+  }
+
+  /**
+   * Writes versions from `from` on while they fit in the output buffer
+   * (value, CRC and, when the entry fills its leaf, the leaf page); returns
+   * the first version not written. `keyCrc` is the CRC32C of the key's 18 bytes.
+   */
+  private fillDeltaVersions(key: Uint8Array, b: DeltaVersionBatch, from: number, to: number, keyCrc: number): number {
+    const kb = KEY_BYTES_OF_DELTA - DELTA_LSN_BYTES;
+    const out = this.out;
+    const outCap = out.length;
+    const leaf = this.leaf;
+    const stride = this.leafStride;
+    const leafCap = this.leafCap;
+    const pageSize = this.pageSize;
+    const { src, lsn: lsns, at: ats, len: lens } = b;
+    let outLen = this.outLen;
+    let i = from;
+    for (; i < to; i++) {
+      const len = lens[i]!;
+      const need = len + VALUE_CRC_BYTES + (this.leafCount + 1 === leafCap ? pageSize : 0);
+      if (outLen + need > outCap) break;
+      if (len > MAX_VALUE_BYTES) {
+        throw new StrataError("invalid_argument", `Layer ${this.opts.name}: value of ${len} bytes exceeds ${MAX_VALUE_BYTES}`);
+      }
+      const offset = this.outPos + outLen;
+      if (offset + len + VALUE_CRC_BYTES > MAX_OFFSET) assert(false, "layer file exceeds 48-bit offsets");
+      // the leaf entry: key, LSN, 48-bit offset, 32-bit length (big-endian)
+      const slot = PAGE_HEADER_BYTES + this.leafCount * stride;
+      for (let j = 0; j < kb; j++) leaf[slot + j] = key[j]!;
+      const l = lsns[i]!;
+      const hi = Math.floor(l / 0x1_0000_0000);
+      const lo = l >>> 0;
+      let p = slot + kb;
+      leaf[p++] = hi >>> 24;
+      leaf[p++] = (hi >>> 16) & 0xff;
+      leaf[p++] = (hi >>> 8) & 0xff;
+      leaf[p++] = hi & 0xff;
+      leaf[p++] = lo >>> 24;
+      leaf[p++] = (lo >>> 16) & 0xff;
+      leaf[p++] = (lo >>> 8) & 0xff;
+      leaf[p++] = lo & 0xff;
+      const ohi = Math.floor(offset / 0x1_0000_0000);
+      leaf[p++] = (ohi >>> 8) & 0xff;
+      leaf[p++] = ohi & 0xff;
+      leaf[p++] = (offset >>> 24) & 0xff;
+      leaf[p++] = (offset >>> 16) & 0xff;
+      leaf[p++] = (offset >>> 8) & 0xff;
+      leaf[p++] = offset & 0xff;
+      leaf[p++] = (len >>> 24) & 0xff;
+      leaf[p++] = (len >>> 16) & 0xff;
+      leaf[p++] = (len >>> 8) & 0xff;
+      leaf[p] = len & 0xff;
+      // the value and its CRC32C, chained from the entry key's (the key's part computed once), in one pass
+      const a = ats[i]!;
+      if (!(a >= 0 && a + len <= src.length)) assert(false, `batch value [${a}, ${a + len}) outside its ${src.length}-byte buffer`);
+      const crc = copyWithCrc32c(src, a, a + len, out, outLen, crc32cU64(hi, lo, keyCrc));
+      outLen += len;
+      out[outLen++] = crc >>> 24;
+      out[outLen++] = (crc >>> 16) & 0xff;
+      out[outLen++] = (crc >>> 8) & 0xff;
+      out[outLen++] = crc & 0xff;
+      this.entryCount++;
+      this.valueBytes += len;
+      if (this.leafCount === 0) this.leafFirstKey = Buffer.from(leaf.subarray(slot, slot + KEY_BYTES_OF_DELTA));
+      if (++this.leafCount === leafCap) {
+        // the leaf page goes right after this value (room reserved above)
+        this.outLen = outLen;
+        const sync = this.flushLeaf();
+        assert(sync === undefined, "a filled leaf fits the room reserved for it");
+        outLen = this.outLen;
+      }
+    }
+    this.outLen = outLen;
+    if (i > from) {
+      // the last entry key written, for the next call's order check
+      const last = this.last;
+      for (let j = 0; j < kb; j++) last[j] = key[j]!;
+      const l = lsns[i - 1]!;
+      const hi = Math.floor(l / 0x1_0000_0000);
+      last.writeUInt32BE(hi, kb);
+      last.writeUInt32BE(l - hi * 0x1_0000_0000, kb + 4);
+    }
+    return i;
+  }
+
+  /** addDeltaVersions after the output buffer filled: writes it out and goes on (a value too large for any buffer goes through `add`). */
+  private async addDeltaVersionsSlow(key: Uint8Array, b: DeltaVersionBatch, from: number, to: number): Promise<void> {
+    const keyCrc = crc32cRange(key, 0, KEY_BYTES_OF_DELTA - DELTA_LSN_BYTES);
+    const entryKey = Buffer.alloc(KEY_BYTES_OF_DELTA);
+    let i = from;
+    while (i < to) {
+      const len = b.len[i]!;
+      if (len + VALUE_CRC_BYTES + this.pageSize > this.out.length) {
+        for (let j = 0; j < KEY_BYTES_OF_DELTA - DELTA_LSN_BYTES; j++) entryKey[j] = key[j]!;
+        const l = b.lsn[i]!;
+        const hi = Math.floor(l / 0x1_0000_0000);
+        entryKey.writeUInt32BE(hi, KEY_BYTES_OF_DELTA - DELTA_LSN_BYTES);
+        entryKey.writeUInt32BE(l - hi * 0x1_0000_0000, KEY_BYTES_OF_DELTA - 4);
+        await this.add(entryKey, b.src.subarray(b.at[i]!, b.at[i]! + len));
+        i++;
+        continue;
+      }
+      await this.flushOut();
+      i = this.fillDeltaVersions(key, b, i, to, keyCrc);
+    }
   }
 
   /** `add` for a value that does not fit in the output buffer's free room. */

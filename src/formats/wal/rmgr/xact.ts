@@ -201,7 +201,7 @@ function readCount(r: BodyReader, elemBytes: number, field: string): number {
   return r.count(n, Math.floor(r.remaining / elemBytes), field);
 }
 
-function parseCompletion(record: RecordBody, type: XactCompletion["type"], what: string): XactCompletion {
+function parseCompletion(record: RecordBody, type: XactCompletion["type"], what: string | (() => string)): XactCompletion {
   const r = new BodyReader(record.mainData, what);
   const isCommit = type === "COMMIT" || type === "COMMIT_PREPARED";
   const xactTime = r.i64("xact_time");
@@ -250,7 +250,7 @@ function parseCompletion(record: RecordBody, type: XactCompletion["type"], what:
 }
 
 /** Parses a PREPARE body (TwoPhaseFileHeader and what follows), like ParsePrepareRecord. */
-export function parsePrepare(data: Uint8Array, what = "XACT PREPARE record"): XactPrepare {
+export function parsePrepare(data: Uint8Array, what: string | (() => string) = "XACT PREPARE record"): XactPrepare {
   const r = new BodyReader(data, what);
   r.require(SIZE_OF_XACT_PREPARE, "TwoPhaseFileHeader");
   const magic = r.u32("magic");
@@ -321,7 +321,8 @@ export function parsePrepare(data: Uint8Array, what = "XACT PREPARE record"): Xa
 export function parseXactRecord(record: RecordBody): XactRecordBody {
   const op = record.info & XLOG_XACT_OPMASK;
   const name = XACT_TYPE_NAMES[op];
-  const what = describeRecord(`XACT ${name ?? `info 0x${(record.info & ~XLR_INFO_MASK).toString(16)}`}`, record.lsn);
+  // (built only for an error message: ingest parses every COMMIT, and formatting its LSN each time showed in profiles)
+  const what = (): string => describeRecord(`XACT ${name ?? `info 0x${(record.info & ~XLR_INFO_MASK).toString(16)}`}`, record.lsn);
   switch (op) {
     case XLOG_XACT_COMMIT:
       return parseCompletion(record, "COMMIT", what);
