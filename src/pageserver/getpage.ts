@@ -14,7 +14,8 @@
  *   call, collected with one range walk (layers/reconstruct.ts
  *   collectReconstructDataRange: a key-ordered scan per layer file instead of
  *   a B-tree lookup and a read per page), images copied straight from the
- *   read-ahead buffers (recycled per run), the pages that need redo rebuilt
+ *   read-ahead buffers (recycled per run) into the run as the scan verifies
+ *   them (collectReconstructDataRange onImage), the pages that need redo rebuilt
  *   concurrently (native heap redo for bulk loads, else the redo pool's
  *   pipeline).
  *
@@ -230,30 +231,36 @@ export function scanRunReader(tl: Timeline, lsn: Lsn, ctx: RequestContext): Page
         checked = true;
       }
       if (out.length < count * BLCKSZ) throw new StrataError("internal", `Page run buffer of ${out.length} bytes for ${count} pages`);
-      const data = await tl.withLocalRead((map) => collectReconstructDataRange(map, firstKey, count, lsn, { arena }));
       const present = new Uint8Array(count);
-      const put = (i: number, key: Key, page: Uint8Array): void => {
-        if (page.length !== BLCKSZ) throw new StrataError("corrupt_data", `Value of ${formatKey(key)} at ${formatLsn(lsn)} is ${page.length} bytes, expected a ${BLCKSZ}-byte page`);
+      const put = (i: number, page: Uint8Array): void => {
+        if (page.length !== BLCKSZ) throw new StrataError("corrupt_data", `Value of ${formatKey((firstKey + BigInt(i)) as Key)} at ${formatLsn(lsn)} is ${page.length} bytes, expected a ${BLCKSZ}-byte page`);
         out.set(page, i * BLCKSZ);
         present[i] = 1;
       };
+      // images that need no replay go into `out` as the scan verifies them (still in cache); the rest below
+      const data = await tl.withLocalRead((map) => collectReconstructDataRange(map, firstKey, count, lsn, { arena, onImage: put }));
       const redo: Array<Promise<void>> = [];
       // per run, not per page: the cluster's checksum setting, the redo pool (its helpers start lazily), the key's redo description
       let shared: { dataChecksums: boolean; pool: WalRedoPool; first: RedoKey } | undefined;
       if (data.some((d) => d.records.length > 0)) shared = { dataChecksums: await tl.clusterHasDataChecksums(), pool: await tl.redoPool(), first: redoKeyOf(firstKey) };
       for (let i = 0; i < count; i++) {
         const d = data[i]!;
+        if (d.records.length === 0 && d.stop !== "history_end") {
+          // the common case (an image, or no version): no per-page key or closure
+          if (d.image !== undefined) put(i, d.image.bytes);
+          continue;
+        }
         const key = (firstKey + BigInt(i)) as Key;
         if (d.stop === "history_end" && tl.ancestor !== undefined) {
           redo.push(
             tl.collectVersions(key, lsn).then(async (v) => {
-              if (v.found) put(i, key, await materialize(tl, v, { cache: false }));
+              if (v.found) put(i, await materialize(tl, v, { cache: false }));
             }),
           );
           continue;
         }
         if (d.records.length === 0) {
-          if (d.image !== undefined) put(i, key, d.image.bytes);
+          if (d.image !== undefined) put(i, d.image.bytes);
           continue;
         }
         const v: CollectedVersions = { key, lsn, ...(d.image === undefined ? {} : { image: d.image }), records: d.records, found: true, layersVisited: d.layersVisited };
@@ -262,7 +269,7 @@ export function scanRunReader(tl: Timeline, lsn: Lsn, ctx: RequestContext): Page
         const env = { redoKey, dataChecksums: shared!.dataChecksums, pool: shared!.pool };
         redo.push(
           materialize(tl, v, { cache: false, lookup: false, env }).then((page) => {
-            put(i, key, page);
+            put(i, page);
             recyclePage(page); // copied into the run; this read held the only reference (cache: false)
           }),
         );

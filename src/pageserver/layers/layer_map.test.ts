@@ -144,6 +144,13 @@ test("randomized: search agrees with a brute-force scan, before and after remova
         if (got !== undefined) {
           assert.ok(got.lsnFloor < end && keyRangeContains(got.layer.desc.keyRange, key));
         }
+        // searchSpan: the same answer for every key below its span end (what a range read relies on)
+        const { result, spanEnd } = m.searchSpan(key, end);
+        assert.equal(sig(result, end), sig(got, end));
+        assert.ok(spanEnd > key, `seed ${seed}: span end ${spanEnd} not above key ${key}`);
+        for (let kk = key + 1n; kk < spanEnd && kk < key + 12n; kk++) {
+          assert.equal(sig(bruteSearch(list, kk as Key, end), end), sig(got, end), `seed ${seed} key ${kk} inside the span of ${key} (end ${spanEnd}) at ${end}`);
+        }
       }
     };
     check(all);

@@ -46,6 +46,9 @@ import type { Layer } from "./layer.js";
 import { formatLayerFileName } from "./layer_name.js";
 import { keyRangesOverlap, lsnRangesOverlap, type KeyRange, type LsnRange } from "./range.js";
 
+/** searchSpan's span end when no group boundary lies above the key: above every key (keys are 18 bytes). */
+export const KEY_SPAN_UNBOUNDED: bigint = 1n << 144n;
+
 export interface SearchResult {
   readonly layer: Layer;
   /** The layer holds every version of the key in [lsnFloor, endLsn) that exists. */
@@ -231,6 +234,20 @@ export class LayerMap {
 
   /** The layer holding the newest version of `key` below `endLsn`, and its floor (see the module comment). */
   search(key: Key, endLsn: Lsn): SearchResult | undefined {
+    return this.searchSpan(key, endLsn).result;
+  }
+
+  /**
+   * `search(key, endLsn)`, plus `spanEnd`: every key in [key, spanEnd) gets
+   * the same answer. Why: a range read (reconstruct.ts
+   * collectReconstructDataRange) groups consecutive keys by their answer, and
+   * one search per group replaces one per key. The answer depends only on
+   * the set of groups whose key range contains the key (in-memory layers
+   * cover every key), and that set changes only at a group's start or end:
+   * spanEnd is the nearest such boundary above `key` (KEY_SPAN_UNBOUNDED
+   * when there is none).
+   */
+  searchSpan(key: Key, endLsn: Lsn): { result: SearchResult | undefined; spanEnd: bigint } {
     const c = new Candidates(endLsn);
     if (this.open !== undefined) c.considerDelta(this.open);
     for (const f of this.frozen) c.considerDelta(f);
@@ -243,13 +260,16 @@ export class LayerMap {
       if (groups[mid]!.keyRange.start <= key) lo = mid + 1;
       else hi = mid;
     }
+    // the next group start above the key (groups are sorted by start), then the nearest end of a containing group
+    let spanEnd: bigint = lo < groups.length ? groups[lo]!.keyRange.start : KEY_SPAN_UNBOUNDED;
     for (let gi = 0; gi < lo; gi++) {
       const g = groups[gi]!;
       if (key >= g.keyRange.end) continue;
+      if (g.keyRange.end < spanEnd) spanEnd = g.keyRange.end;
       if (g.dirty) rebuild(g);
       this.searchGroup(g, endLsn, c);
     }
-    return c.result();
+    return { result: c.result(), spanEnd };
   }
 
   private searchGroup(g: Group, endLsn: Lsn, c: Candidates): void {

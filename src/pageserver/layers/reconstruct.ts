@@ -79,7 +79,7 @@ export async function collectReconstructData(map: LayerMap, key: Key, lsn: Lsn):
   for (let step = 0; step < MAX_RECONSTRUCT_LAYER_VISITS; step++) {
     const found = map.search(key, end);
     if (found === undefined) return done("history_end");
-    assert(found.lsnFloor < end, `layer map floor ${formatLsn(found.lsnFloor)} not below ${formatLsn(end)}`);
+    if (!(found.lsnFloor < end)) throw new Error(`assertion failed: layer map floor ${formatLsn(found.lsnFloor)} not below ${formatLsn(end)}`); // message built only on failure
     visited.push(found.layer);
     const entries = await found.layer.getValues(key, { start: found.lsnFloor, end }, { stopAtBase: true });
     for (const e of entries) {
@@ -109,6 +109,12 @@ export async function collectReconstructData(map: LayerMap, key: Key, lsn: Lsn):
  * values held until reconstruction (views into read-ahead buffers).
  */
 export const MAX_RANGE_KEYS = 4096;
+
+export interface RangeReadOptions {
+  readonly arena?: ReadArena;
+  /** Takes the images that need no replay as the scan meets them (see collectReconstructDataRange). */
+  readonly onImage?: (i: number, bytes: Uint8Array) => void;
+}
 
 /** One key's result of a range read: collectReconstructData's, without the visited layer list. */
 export interface RangeKeyData {
@@ -141,12 +147,21 @@ const NO_RECORDS: ReadonlyArray<{ readonly lsn: Lsn; readonly value: WalValue }>
  * segment: only the block number varies), so an entry's key is its index.
  * With `opts.arena`, the values returned are views into the arena's
  * buffers: the caller must be done with them before it resets the arena.
+ *
+ * With `opts.onImage`, a key whose answer is an image of an image layer
+ * with nothing newer on top (the whole key, no WAL records to replay) is
+ * handed over at once, `onImage(i, bytes)` with a view valid only during
+ * the call, and its RangeKeyData says stop "image" with `image` undefined.
+ * Why: a backup copies the page into its output right after the scan read
+ * and verified it, while it is still in the CPU cache, instead of holding a
+ * view per page and copying a whole run's pages afterwards.
  */
-export async function collectReconstructDataRange(map: LayerMap, firstKey: Key, count: number, lsn: Lsn, opts: { arena?: ReadArena } = {}): Promise<RangeKeyData[]> {
+export async function collectReconstructDataRange(map: LayerMap, firstKey: Key, count: number, lsn: Lsn, opts: RangeReadOptions = {}): Promise<RangeKeyData[]> {
   assert(lsn < LSN_MAX, "cannot read at the maximum LSN");
-  assert(Number.isInteger(count) && count >= 1 && count <= MAX_RANGE_KEYS, `range read of ${count} keys`);
+  if (!(Number.isInteger(count) && count >= 1 && count <= MAX_RANGE_KEYS)) throw new Error(`assertion failed: range read of ${count} keys`);
   const lastKey = (firstKey + BigInt(count - 1)) as Key;
-  assert(firstKey >> 32n === lastKey >> 32n, `range read ${formatKey(firstKey)}..${formatKey(lastKey)} crosses a 32-bit key boundary`);
+  // (messages built only on failure: this runs per run of a backup)
+  if (firstKey >> 32n !== lastKey >> 32n) throw new Error(`assertion failed: range read ${formatKey(firstKey)}..${formatKey(lastKey)} crosses a 32-bit key boundary`);
   const base32 = Number(firstKey & 0xffffffffn);
   const st: RangeState = {
     out: new Array<RangeKeyData | undefined>(count).fill(undefined),
@@ -165,24 +180,24 @@ export async function collectReconstructDataRange(map: LayerMap, firstKey: Key, 
     while (p < pending.length) {
       const first = pending[p]!;
       const e0 = st.end[first]!;
-      const found = map.search((firstKey + BigInt(first)) as Key, e0);
+      const firstAt = firstKey + BigInt(first);
+      const { result: found, spanEnd } = map.searchSpan(firstAt as Key, e0);
       if (found === undefined) {
         finishKey(st, first, "history_end", undefined);
         p++;
         continue;
       }
-      assert(found.lsnFloor < e0, `layer map floor ${formatLsn(found.lsnFloor)} not below ${formatLsn(e0)}`);
+      if (!(found.lsnFloor < e0)) throw new Error(`assertion failed: layer map floor ${formatLsn(found.lsnFloor)} not below ${formatLsn(e0)}`);
+      // keys below spanEnd get the same answer from the layer map (LayerMap.searchSpan): one search per group, not per key
+      const spanKeys = spanEnd - firstAt;
+      const spanLast = first + (spanKeys < BigInt(count) ? Number(spanKeys) : count) - 1;
       let q = p + 1;
-      while (q < pending.length && pending[q] === pending[q - 1]! + 1 && st.end[pending[q]!] === e0) {
-        const f = map.search((firstKey + BigInt(pending[q]!)) as Key, e0);
-        if (f === undefined || f.layer !== found.layer || f.lsnFloor !== found.lsnFloor) break;
-        q++;
-      }
+      while (q < pending.length && pending[q] === pending[q - 1]! + 1 && pending[q]! <= spanLast && st.end[pending[q]!] === e0) q++;
       // the group: indices [first, first + n), consecutive
       const n = q - p;
       p = q;
       for (let i = first; i < first + n; i++) st.visits[i]!++;
-      await readGroup(st, found.layer, firstKey, base32, first, n, { start: found.lsnFloor, end: e0 }, opts.arena);
+      await readGroup(st, found.layer, firstKey, base32, first, n, { start: found.lsnFloor, end: e0 }, opts);
       const isImageLayer = found.layer.desc.kind === "image";
       for (let i = first; i < first + n; i++) {
         if (st.out[i] !== undefined) continue;
@@ -194,10 +209,10 @@ export async function collectReconstructDataRange(map: LayerMap, firstKey: Key, 
     }
     pending = next;
   }
-  return st.out.map((d, i) => {
-    assert(d !== undefined, `range read left key ${i} unfinished`);
-    return d;
-  });
+  // (the message built only on failure: this runs per key)
+  const unfinished = st.out.indexOf(undefined);
+  if (unfinished >= 0) throw new Error(`assertion failed: range read left key ${unfinished} unfinished`);
+  return st.out as RangeKeyData[];
 }
 
 interface RangeState {
@@ -233,7 +248,8 @@ function takeVersion(st: RangeState, i: number, l: Lsn, value: Value): boolean {
  * `lsnRange` and applies them (newest first per key, down to the first
  * base, like getValues with stopAtBase) to the range state.
  */
-async function readGroup(st: RangeState, layer: Layer, firstKey: Key, base32: number, lo: number, n: number, lsnRange: LsnRange, arena: ReadArena | undefined): Promise<void> {
+async function readGroup(st: RangeState, layer: Layer, firstKey: Key, base32: number, lo: number, n: number, lsnRange: LsnRange, opts: RangeReadOptions): Promise<void> {
+  const arena = opts.arena;
   const keyRange = { start: (firstKey + BigInt(lo)) as Key, end: (firstKey + BigInt(lo + n)) as Key };
   if (!(layer instanceof PersistentLayer)) {
     for (let g = 0; g < n; g++) {
@@ -253,10 +269,16 @@ async function readGroup(st: RangeState, layer: Layer, firstKey: Key, base32: nu
     if (reader instanceof ImageLayerReader) {
       const l = reader.lsn;
       if (l >= lsnRange.start && l < lsnRange.end) {
+        const onImage = opts.onImage;
         reader.scanImagesSync(keyRange, (page, slot, bytes) => {
           const i = indexOf(page, slot);
           st.end[i] = l;
-          finishKey(st, i, "image", { lsn: l, bytes });
+          if (onImage !== undefined && st.newestFirst[i] === undefined) {
+            onImage(i, bytes);
+            finishKey(st, i, "image", undefined);
+          } else {
+            finishKey(st, i, "image", { lsn: l, bytes });
+          }
         }, n, arena);
       }
       return;
