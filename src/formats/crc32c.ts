@@ -26,8 +26,12 @@ import { crc32c as nativeCrc32c } from "@node-rs/crc32";
  */
 const NATIVE_MIN_BYTES = 256;
 
-/** Slicing-by-8 tables for the reflected Castagnoli polynomial 0x82F63B78. */
-const TABLES: Int32Array[] = (() => {
+/**
+ * Slicing-by-8 tables for the reflected Castagnoli polynomial 0x82F63B78
+ * (also used by the layer writer's fused copy-and-checksum loop,
+ * pageserver/layers/crc_copy.ts).
+ */
+export const CRC32C_TABLES: readonly Int32Array[] = (() => {
   const t: Int32Array[] = [];
   for (let k = 0; k < 8; k++) t.push(new Int32Array(256));
   for (let i = 0; i < 256; i++) {
@@ -44,14 +48,7 @@ const TABLES: Int32Array[] = (() => {
   }
   return t;
 })();
-const T0 = TABLES[0]!;
-const T1 = TABLES[1]!;
-const T2 = TABLES[2]!;
-const T3 = TABLES[3]!;
-const T4 = TABLES[4]!;
-const T5 = TABLES[5]!;
-const T6 = TABLES[6]!;
-const T7 = TABLES[7]!;
+const [T0, T1, T2, T3, T4, T5, T6, T7] = CRC32C_TABLES as [Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array];
 
 /** CRC-32C of `data`, continuing from a previous finalized CRC (0 to start). */
 export function crc32c(data: Uint8Array, previous = 0): number {

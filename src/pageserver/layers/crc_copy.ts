@@ -13,40 +13,15 @@
  *   - `crc32cU64` checksums a 64-bit big-endian number given as two 32-bit
  *     halves (an entry key's LSN) without writing it to memory first.
  *
- * Tables: slicing-by-8 for the reflected Castagnoli polynomial, built at
- * load (8 KiB). Pure functions, no state; bounds are the caller's (it
+ * Tables: formats/crc32c.ts's slicing-by-8 tables. Pure functions, no state; bounds are the caller's (it
  * checked that [start, end) lies in `src` and the copy fits `dst`).
  */
-import { crc32c } from "../../formats/crc32c.js";
+import { crc32c, CRC32C_TABLES } from "../../formats/crc32c.js";
 
 /** From this span on, the native CRC (SSE4.2) plus a native copy beat the fused JavaScript loop. */
 const NATIVE_SPAN_BYTES = 256;
 
-const TABLES: Int32Array[] = (() => {
-  const t: Int32Array[] = [];
-  for (let k = 0; k < 8; k++) t.push(new Int32Array(256));
-  for (let i = 0; i < 256; i++) {
-    let c = i;
-    for (let j = 0; j < 8; j++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    t[0]![i] = c;
-  }
-  for (let i = 0; i < 256; i++) {
-    let c = t[0]![i]!;
-    for (let k = 1; k < 8; k++) {
-      c = t[0]![c & 0xff]! ^ (c >>> 8);
-      t[k]![i] = c;
-    }
-  }
-  return t;
-})();
-const T0 = TABLES[0]!;
-const T1 = TABLES[1]!;
-const T2 = TABLES[2]!;
-const T3 = TABLES[3]!;
-const T4 = TABLES[4]!;
-const T5 = TABLES[5]!;
-const T6 = TABLES[6]!;
-const T7 = TABLES[7]!;
+const [T0, T1, T2, T3, T4, T5, T6, T7] = CRC32C_TABLES as [Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array, Int32Array];
 
 /**
  * Copies src[start, end) to dst[at, at + end - start) and returns the CRC-32C
