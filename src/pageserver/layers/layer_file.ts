@@ -113,6 +113,25 @@ function copySmall(src: Uint8Array, dst: Uint8Array, at: number): void {
   for (let i = 0; i < src.length; i++) dst[at + i] = src[i]!;
 }
 
+/**
+ * Writes a leaf entry's value location at `at`: the 48-bit offset, then
+ * the 32-bit length, big-endian (writeUIntBE's bytes, without its argument
+ * checks: this runs once per value of every flush and compaction).
+ */
+function putValueLocation(leaf: Uint8Array, at: number, offset: number, len: number): void {
+  const hi = Math.floor(offset / 0x1_0000_0000);
+  leaf[at] = (hi >>> 8) & 0xff;
+  leaf[at + 1] = hi & 0xff;
+  leaf[at + 2] = (offset >>> 24) & 0xff;
+  leaf[at + 3] = (offset >>> 16) & 0xff;
+  leaf[at + 4] = (offset >>> 8) & 0xff;
+  leaf[at + 5] = offset & 0xff;
+  leaf[at + 6] = (len >>> 24) & 0xff;
+  leaf[at + 7] = (len >>> 16) & 0xff;
+  leaf[at + 8] = (len >>> 8) & 0xff;
+  leaf[at + 9] = len & 0xff;
+}
+
 function takeWriteBuffer(): Buffer {
   return keptWriteBuffers.pop() ?? Buffer.allocUnsafeSlow(WRITE_BUFFER_BYTES);
 }
@@ -511,17 +530,7 @@ export class LayerFileWriter {
       leaf[p++] = (lo >>> 16) & 0xff;
       leaf[p++] = (lo >>> 8) & 0xff;
       leaf[p++] = lo & 0xff;
-      const ohi = Math.floor(offset / 0x1_0000_0000);
-      leaf[p++] = (ohi >>> 8) & 0xff;
-      leaf[p++] = ohi & 0xff;
-      leaf[p++] = (offset >>> 24) & 0xff;
-      leaf[p++] = (offset >>> 16) & 0xff;
-      leaf[p++] = (offset >>> 8) & 0xff;
-      leaf[p++] = offset & 0xff;
-      leaf[p++] = (len >>> 24) & 0xff;
-      leaf[p++] = (len >>> 16) & 0xff;
-      leaf[p++] = (len >>> 8) & 0xff;
-      leaf[p] = len & 0xff;
+      putValueLocation(leaf, p, offset, len);
       // the value and its CRC32C, chained from the entry key's (the key's part computed once), in one pass
       const a = ats[i]!;
       if (!(a >= 0 && a + len <= src.length)) assert(false, `batch value [${a}, ${a + len}) outside its ${src.length}-byte buffer`);
@@ -591,19 +600,7 @@ export class LayerFileWriter {
     const slot = PAGE_HEADER_BYTES + this.leafCount * this.leafStride;
     const leaf = this.leaf;
     copySmall(entryKey, leaf, slot);
-    // 48-bit offset then 32-bit length, big-endian (writeUIntBE's bytes, without its argument checks)
-    let at = slot + this.keyBytes;
-    const hi = Math.floor(offset / 0x1_0000_0000);
-    leaf[at++] = (hi >>> 8) & 0xff;
-    leaf[at++] = hi & 0xff;
-    leaf[at++] = (offset >>> 24) & 0xff;
-    leaf[at++] = (offset >>> 16) & 0xff;
-    leaf[at++] = (offset >>> 8) & 0xff;
-    leaf[at++] = offset & 0xff;
-    leaf[at++] = (len >>> 24) & 0xff;
-    leaf[at++] = (len >>> 16) & 0xff;
-    leaf[at++] = (len >>> 8) & 0xff;
-    leaf[at] = len & 0xff;
+    putValueLocation(leaf, slot + this.keyBytes, offset, len);
     if (this.leafCount === 0) this.leafFirstKey = Buffer.from(entryKey);
     this.leafCount++;
     if (this.leafCount === this.leafCap) return this.flushLeaf();
