@@ -3,6 +3,7 @@
  * from the original compute, in the same run on the same machine.
  *
  *   node dist/bench/fullbackup.js [--scale N] [--rounds R] [--compact [--fresh-rounds N]]
+ *        [--warmup-rounds N] [--order alternate|ours-first|bb-first]
  *
  * One local deployment (`strata up`, one safekeeper) in a temp repo dir;
  * pgbench -i at `--scale` (default 10: ~160 MB; the issue's >= 1 GB is
@@ -15,6 +16,12 @@
  *       file (fsynced by pg_basebackup), after a CHECKPOINT so its own
  *       checkpoint is quick.
  * Prints bytes, seconds and MiB/s for each and the ratio a/b (goal >= 1.0).
+ * Which of the two runs first alternates from round to round, and each
+ * phase starts with `--warmup-rounds` unmeasured rounds: on this VM,
+ * writing a GiB into page-cache memory the guest has not used lately costs
+ * seconds of system CPU more than reusing memory the other run just freed,
+ * so a fixed order, or the first round after the compaction claimed fresh
+ * memory, charges the same side every time (see WARMUP_ROUNDS).
  * Before the first round and after the compaction, the bench waits for the
  * pageserver's remote-storage upload queue to drain (the deployment uploads
  * to a local directory), so a round measures the backup alone.
@@ -112,6 +119,19 @@ const profIdx = process.argv.indexOf("--profile");
 const PROFILE_FILE = profIdx >= 0 ? process.argv[profIdx + 1] : undefined;
 /** `--profile-round N`: profile round N only (default: the last round). */
 const PROFILE_ROUND = arg("--profile-round", 0);
+/** `--order ours-first|bb-first|alternate` (default): which of the two backups runs first in a round. */
+const orderIdx = process.argv.indexOf("--order");
+/**
+ * `--warmup-rounds N` (default 1): unmeasured rounds (both backups, printed, left out of the
+ * ratios) before the as-ingested rounds and again after the compaction. On this VM the first
+ * GiB written into page-cache memory the guest has not used lately costs 2-3 s of system CPU
+ * more than memory another run just freed (host-side faults: the same 1 GiB written twice in a
+ * row cost 3.4 s and then 0.5 s of system time), and the compaction just claimed ~2.5 GiB of
+ * fresh page cache: whichever backup runs first after it pays, whatever its own cost.
+ */
+const WARMUP_ROUNDS = arg("--warmup-rounds", 1);
+const ORDER = orderIdx >= 0 ? process.argv[orderIdx + 1]! : "alternate";
+if (!["ours-first", "bb-first", "alternate"].includes(ORDER)) throw new Error(`--order must be ours-first, bb-first or alternate, not ${ORDER}`);
 
 /** A DevTools-protocol session with a process whose inspector SIGUSR1 opened (see header). */
 async function inspect(pid: number): Promise<{ call: (method: string, params?: object) => Promise<unknown>; close: () => void }> {
@@ -224,10 +244,20 @@ await withRepo(async (repo) => {
   if (prof !== undefined) await prof.call("Profiler.enable");
   try {
     const ratios: number[] = [];
+    const freshRatios: number[] = [];
     const cpuRatios: number[] = [];
     // `at`: the backup LSN, or "latest" (the pageserver's last_record_lsn). Not an optional parameter:
     // a default would also replace an explicit `undefined`, which once sent every "latest" round to `target`.
     const measure = async (round: number, label: string, at: Lsn | "latest"): Promise<void> => {
+      // Which runs first alternates (ORDER): on this VM, writing a GiB into page-cache memory the
+      // guest has not touched for a while costs seconds of system CPU more than reusing what the
+      // other run just freed, so a fixed order hands that cost to the same side every round.
+      const oursFirst = ORDER === "ours-first" || (ORDER === "alternate" && round % 2 === 1);
+      const ours = oursFirst ? await fullbackupRun(round, at) : undefined;
+      const theirs = await pgBasebackupRun();
+      report(round, label, ours ?? (await fullbackupRun(round, at)), theirs, oursFirst);
+    };
+    const fullbackupRun = async (round: number, at: Lsn | "latest") => {
       const tar = join(out, "full.tar");
       if (prof !== undefined && round === profileRound) {
         await prof.call("Profiler.setSamplingInterval", { interval: 500 });
@@ -236,7 +266,7 @@ await withRepo(async (repo) => {
       const cpu0 = pageserverCpuSeconds(s.pageserver.pid);
       const client0 = process.cpuUsage();
       const redo0 = await redoCalls(s.pageserver.http_port);
-      let t = performance.now();
+      const t = performance.now();
       // Phases of the fetch: first byte (the pageserver's set-up), last byte (the stream), then the file's fsync + rename.
       let firstByteMs = 0;
       let lastByteMs = 0;
@@ -260,14 +290,17 @@ await withRepo(async (repo) => {
         prof.close();
         console.log(`pageserver CPU profile written to ${PROFILE_FILE}`);
       }
-
+      const load = (await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]!;
+      return { fb, fbMs, fbCpu, fbClientCpu, fbRedo, chunks, firstByteMs, lastByteMs, load };
+    };
+    const pgBasebackupRun = async () => {
       await sqlAt(main, "CHECKPOINT");
       const bbDir = join(out, "bb");
       // pg_basebackup's CPU: the compute's side (its walsender, reaped by the postmaster) and the client (reaped by this process)
       const pm = await postmasterPid(main);
       const bbServer0 = pm === null ? 0 : cpuWithChildrenSeconds(pm);
       const bbClient0 = cpuWithChildrenSeconds("self");
-      t = performance.now();
+      const t = performance.now();
       const bb = await runTool("pg_basebackup", ["-h", "127.0.0.1", "-p", String(portOf(main)), "-U", "postgres", "-D", bbDir, "-Ft", "-X", "none", "--checkpoint=fast"], { timeoutMs: CATCHUP_TIMEOUT_MS });
       const bbMs = performance.now() - t;
       const bbServerCpu = pm === null ? 0 : cpuWithChildrenSeconds(pm) - bbServer0;
@@ -276,16 +309,20 @@ await withRepo(async (repo) => {
       let bbBytes = 0;
       for (const f of await readdir(bbDir)) bbBytes += (await stat(join(bbDir, f))).size;
       await rm(bbDir, { recursive: true, force: true });
-
+      return { bbBytes, bbMs, bbServerCpu, bbClientCpu };
+    };
+    const report = (round: number, label: string, a: Awaited<ReturnType<typeof fullbackupRun>>, b: Awaited<ReturnType<typeof pgBasebackupRun>>, oursFirst: boolean): void => {
+      const { fb, fbMs, fbCpu, fbClientCpu, fbRedo, chunks, firstByteMs, lastByteMs, load } = a;
+      const { bbBytes, bbMs, bbServerCpu, bbClientCpu } = b;
       const ratio = mib(fb.bytes, fbMs) / mib(bbBytes, bbMs);
-      ratios.push(ratio);
+      if (!label.includes("warm-up")) (label.startsWith("as ingested") ? freshRatios : ratios).push(ratio);
       // CPU per byte, pg_basebackup's over ours (> 1: the fullbackup needs less CPU per byte): what a shared, busy machine's wall clock follows
       const cpuRatio = (bbServerCpu + bbClientCpu) / bbBytes / ((fbCpu + fbClientCpu) / fb.bytes);
-      cpuRatios.push(cpuRatio);
+      if (!label.includes("warm-up")) cpuRatios.push(cpuRatio);
       console.log(
-        `round ${round} (${label}): fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s ` +
+        `round ${round} (${label}, ${oursFirst ? "fullbackup first" : "pg_basebackup first"}): fullbackup ${(fb.bytes / 1048576).toFixed(1)} MiB in ${(fbMs / 1000).toFixed(2)} s = ${mib(fb.bytes, fbMs).toFixed(1)} MiB/s ` +
           `(first byte ${(firstByteMs / 1000).toFixed(2)} s, last byte ${(lastByteMs / 1000).toFixed(2)} s, fsync ${((fbMs - lastByteMs) / 1000).toFixed(2)} s; ` +
-          `pageserver CPU ${fbCpu.toFixed(2)} s, client CPU ${fbClientCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${(await readFile("/proc/loadavg", "utf8").catch(() => "? ")).split(" ")[0]}); ` +
+          `pageserver CPU ${fbCpu.toFixed(2)} s, client CPU ${fbClientCpu.toFixed(2)} s, pages replayed ${fbRedo}, run buffers allocated ${chunks}, load ${load}); ` +
           `pg_basebackup ${(bbBytes / 1048576).toFixed(1)} MiB in ${(bbMs / 1000).toFixed(2)} s = ${mib(bbBytes, bbMs).toFixed(1)} MiB/s ` +
           `(compute CPU ${bbServerCpu.toFixed(2)} s, client CPU ${bbClientCpu.toFixed(2)} s); ratio ${ratio.toFixed(2)}, CPU per MiB ratio ${cpuRatio.toFixed(2)}`,
       );
@@ -309,6 +346,7 @@ await withRepo(async (repo) => {
     };
     let round = 0;
     await settle();
+    for (let i = 0; i < WARMUP_ROUNDS && FRESH_ROUNDS > 0; i++) await measure(++round, "as ingested, warm-up", target);
     for (let i = 0; i < FRESH_ROUNDS; i++) await measure(++round, "as ingested", target);
     if (COMPACT) {
       // The state a pageserver holds in steady state: the compute is quiet (the load's own
@@ -341,14 +379,18 @@ await withRepo(async (repo) => {
       const at = process.argv.includes("--compacted-at-target") ? target : process.argv.includes("--compacted-at-latest") ? "latest" : imageLsn;
       console.log(`after-compaction rounds back up at ${at === "latest" ? "the latest LSN" : formatLsn(at)} (images at ${formatLsn(imageLsn)})`);
       await settle();
+      for (let i = 0; i < WARMUP_ROUNDS; i++) await measure(++round, "after compaction, warm-up", at);
       for (let i = 0; i < ROUNDS; i++) {
         const before = parseLsn(await sqlAt(main, "SELECT pg_current_wal_insert_lsn()"));
         await measure(++round, "after compaction", at);
         if (process.argv.includes("--wal-stats") && before > imageLsn) await printWalStats(main, imageLsn, before);
       }
     }
-    console.log(`fullbackup / pg_basebackup throughput ratio: ${ratios.map((r) => r.toFixed(2)).join(", ")} (goal >= 1.0)`);
-    console.log(`pg_basebackup / fullbackup CPU-per-byte ratio (both sides of each): ${cpuRatios.map((r) => r.toFixed(2)).join(", ")}`);
+    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor((xs.length - 1) / 2)]!;
+    const list = (xs: number[]) => `${xs.map((r) => r.toFixed(2)).join(", ")}${xs.length > 0 ? ` (median ${median(xs).toFixed(2)})` : ""}`;
+    if (freshRatios.length > 0) console.log(`fullbackup / pg_basebackup throughput ratio, layers as ingested: ${list(freshRatios)}`);
+    if (COMPACT) console.log(`fullbackup / pg_basebackup throughput ratio, after compaction (steady state): ${list(ratios)} (goal >= 1.0)`);
+    console.log(`pg_basebackup / fullbackup CPU-per-byte ratio (both sides of each, measured rounds): ${list(cpuRatios)}`);
   } finally {
     await removeTempDir(out);
   }
