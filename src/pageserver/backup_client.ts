@@ -4,18 +4,19 @@
  * what `strata timeline export` writes to a file.
  *
  *   fetchBackupToFile  -> backup_receive.ts copyOutBatches("fullbackup <t> <tl> [lsn] [--gzip]")
- *        -> file (tmp, fsync, rename)
+ *        -> direct_file_writer.ts (O_DIRECT) -> file (tmp, fdatasync, rename)
  *   fetchBackupIntoDir -> PgClient.copyOut(...) -> (gunzip) -> tar-stream extract -> files under dir
  *
  * Both stream: CopyData payloads are written as they arrive and the client
  * pauses the socket while the disk is behind (bounded queues), so memory
- * stays bounded whatever the database size. The file path never copies
- * the archive in user space: the socket reads into a recycled ring and the
- * payloads are written from it (backup_receive.ts says why that matters).
+ * stays bounded whatever the database size. On the file path the socket
+ * reads into a recycled ring (backup_receive.ts says why that matters) and
+ * the payloads are copied once, into the direct writer's staging areas,
+ * which write past the page cache (direct_file_writer.ts says why).
  *
  * fetchBackupToFile writes the archive as sent (tar, or tar.gz with `gzip`)
- * to `<path>.<random>.tmp` (starting fdatasyncs in the background as it
- * goes, so the disk works during the stream), fsyncs it, renames it over `path` and fsyncs
+ * to `<path>.<random>.tmp` (direct writes: the disk works during the
+ * stream), fdatasyncs it, renames it over `path` and fsyncs
  * the directory: `path` is either absent or a complete archive. Any failure
  * removes the temp file.
  *
@@ -33,7 +34,7 @@
  * crash is simply fetched again.
  */
 import { randomBytes } from "node:crypto";
-import { chmod, chown, mkdir, open, readdir, rename, rm, unlink, type FileHandle } from "node:fs/promises";
+import { chmod, chown, mkdir, open, readdir, rename, rm, unlink } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, posix, resolve, sep } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -44,7 +45,8 @@ import type { TenantId, TimelineId } from "../lib/id.js";
 import { formatLsn, type Lsn } from "../lib/lsn.js";
 import { PgClient } from "../wire/client.js";
 import { fsyncDir } from "./layers/layer_file.js";
-import { copyOutBatches, type CopyOutBatch } from "./backup_receive.js";
+import { copyOutBatches } from "./backup_receive.js";
+import { DirectFileWriter } from "./direct_file_writer.js";
 
 /** Mode of the directory fetchBackupIntoDir creates (PostgreSQL demands 0700 or 0750 for a data directory). */
 export const DATA_DIR_MODE = 0o700;
@@ -98,71 +100,17 @@ async function* backupBytes(opts: FetchBackupOptions, counter: { bytes: number }
 }
 
 /**
- * Payload bytes per file write. One awaited write per CopyData message
- * cost a thread-pool round trip each and stopped reading the socket
- * meanwhile; 1 MiB batches (views of the receive ring, backup_receive.ts)
- * written while the next batch arrives (one write in flight) keep both busy.
+ * Payload bytes per batch handed from the receive ring to the file writer:
+ * copied into the writer's staging area, then released to the ring.
  */
 const FILE_WRITE_BATCH_BYTES = 1 << 20;
-
-/**
- * Bytes written between background fdatasyncs of the archive. Without them
- * the kernel starts writing a multi-GiB archive back only at its dirty
- * thresholds, and the final fsync waits for most of the file; syncing as we
- * go overlaps the disk's work with the stream, so the final fsync flushes
- * only the last stretch. The final fsync still covers everything: these
- * are only early starts.
- */
-const BACKGROUND_SYNC_BYTES = 64 << 20;
-
-/**
- * Appends the batches to `fh`, with one batch being written while the next
- * is received (each released to the receive ring once written), and starts
- * an fdatasync in the background every BACKGROUND_SYNC_BYTES (one at a
- * time; its failure surfaces at the end).
- */
-async function writeOverlapped(fh: FileHandle, batches: AsyncIterable<CopyOutBatch>, counter: { bytes: number }, onProgress: ((bytesSoFar: number) => void) | undefined): Promise<void> {
-  let inFlight: Promise<unknown> = Promise.resolve();
-  let syncing: Promise<void> | undefined;
-  let syncError: unknown;
-  let sinceSync = 0;
-  for await (const batch of batches) {
-    await inFlight;
-    counter.bytes += batch.bytes;
-    onProgress?.(counter.bytes);
-    inFlight = fh
-      .writev(batch.views)
-      .then((r) => {
-        if (r.bytesWritten !== batch.bytes) throw new StrataError("io_error", `Short write to the backup file: ${r.bytesWritten} of ${batch.bytes} bytes`);
-      })
-      .finally(() => batch.release()); // the receive ring may read into these bytes again
-    // a failed write surfaces at the next batch or at the end; never unhandled meanwhile
-    inFlight.catch(() => undefined);
-    sinceSync += batch.bytes;
-    if (sinceSync >= BACKGROUND_SYNC_BYTES && syncing === undefined) {
-      sinceSync = 0;
-      const written = inFlight;
-      syncing = written
-        .then(() => fh.datasync())
-        .catch((e: unknown) => {
-          syncError ??= e;
-        })
-        .finally(() => {
-          syncing = undefined;
-        });
-    }
-  }
-  await inFlight;
-  await syncing;
-  if (syncError !== undefined) throw new StrataError("io_error", `fdatasync of the backup file failed: ${(syncError as Error).message}`, { cause: syncError });
-}
 
 /** Fetches the archive into `path` (tar, or tar.gz with gzip), atomically (see the module header). */
 export async function fetchBackupToFile(opts: FetchBackupOptions, path: string): Promise<{ bytes: number }> {
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString("hex")}.tmp`);
-  const counter = { bytes: 0 };
-  let fh: FileHandle | undefined = await open(tmp, "wx", 0o600);
+  let file: DirectFileWriter | undefined;
   try {
+    file = await DirectFileWriter.create(tmp, 0o600);
     const batches = copyOutBatches({
       host: opts.host,
       port: opts.port,
@@ -171,15 +119,21 @@ export async function fetchBackupToFile(opts: FetchBackupOptions, path: string):
       batchBytes: FILE_WRITE_BATCH_BYTES,
       ...(opts.signal === undefined ? {} : { signal: opts.signal }),
     });
-    await writeOverlapped(fh, batches, counter, opts.onProgress);
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
+    for await (const batch of batches) {
+      try {
+        await file.write(batch.views);
+      } finally {
+        batch.release(); // copied (or failed): the receive ring may read into these bytes again
+      }
+      opts.onProgress?.(file.bytesWritten);
+    }
+    const bytes = await file.finish();
+    file = undefined;
     await rename(tmp, path);
     await fsyncDir(dirname(path));
-    return { bytes: counter.bytes };
+    return { bytes };
   } catch (e) {
-    await fh?.close().catch(() => undefined);
+    await file?.abort();
     await unlink(tmp).catch(() => undefined);
     throw e;
   }
