@@ -3,8 +3,8 @@
  * pgbench-generated WAL stream, next to the replay rate of an unmodified
  * PostgreSQL 15 hot standby fed the same WAL, in the same run.
  *
- *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--only pageserver|standby] [--keep-wal DIR] [--profile FILE]
- *        [--checkpoint-distance-mb N]
+ *   node dist/bench/pageserver_ingest.js [--scale 10] [--transactions 20000] [--rounds 1] [--warmup 1]
+ *        [--only pageserver|standby] [--keep-wal DIR] [--profile FILE] [--trace] [--checkpoint-distance-mb N] [--standby-in-process]
  *
  * (`--only` runs one contender, e.g. under `node --cpu-prof`. `--profile FILE`
  * writes a V8 CPU profile (.cpuprofile) of exactly the pageserver's timed
@@ -14,10 +14,15 @@
  * already holds them, so repeated runs while tuning skip the pgbench phase;
  * the scale and transaction flags are then ignored. `--checkpoint-distance-mb`
  * overrides the tenant's checkpoint distance, for tuning experiments; by
- * default the pageserver runs with the tenant defaults. The CPU time of the
+ * default the pageserver runs with the tenant defaults. `--trace` prints
+ * the layer pipeline (frozen / open layers, disk_consistent_lsn) as it
+ * changes during ingest. The CPU time of the
  * main thread and of the flush worker thread is printed next to the
- * process's: ingest on the one and layer flushes on the other run side by
- * side, so on a quiet machine the busier of the two is the critical path.)
+ * process's, each split into system time and minor page faults: ingest on
+ * the one and layer flushes on the other run side by side, so on a quiet
+ * machine the busier of the two is the critical path, and on this VM
+ * system time is mostly first touches of memory, which user time does not
+ * show.)
  *
  * Set-up: a primary is initdb'd and stopped cleanly; a copy of that data
  * directory is the common starting point of both contenders (the pageserver
@@ -45,10 +50,37 @@
  * Both sides run with the harness's fsync = off for PostgreSQL; the
  * pageserver fsyncs its layer files as in production, so the ratio is if
  * anything unfavourable to the pageserver.
+ *
+ * Fairness of the method (each point was measured on the test VM):
+ *   - The standby runs in a helper process (this script with
+ *     --standby-helper, started before the first round), not in this one.
+ *     Its set-up and tear-down spawn processes (cp, chown, pg_ctl),
+ *     and a fork of this process write-protects every page this process
+ *     has written: afterwards each first write to such a page takes a
+ *     copy-on-write fault. The pageserver's memory kept between rounds
+ *     (the flush worker's buffers, the row arrays, V8's heap) thus cost
+ *     ~15k faults, ~0.3 s of system CPU, in the pageserver round after each
+ *     standby round — a cost of the benchmark's harness, not of ingest (a
+ *     pageserver does not fork per WAL burst). The standby's timing is
+ *     unchanged: it is measured inside the helper exactly as before.
+ *     (`--standby-in-process` runs it in this process as before, to show
+ *     the effect: compare the pageserver's faults and system time.)
+ *   - Unmeasured warm-up rounds (`--warmup`, default 1) of both contenders
+ *     come first: the pageserver is a long-running process and compiles its
+ *     ingest and flush code once per process (V8's optimizing compiler, and
+ *     the flush worker thread's start-up, ~0.3 s of CPU each), not per WAL
+ *     burst; the standby's binaries and the WAL enter the page cache. The
+ *     warm-up figures are printed, marked as not counted.
+ *   - The order alternates: odd counted rounds run the standby first, even
+ *     ones the pageserver, so neither always finds the page cache the
+ *     other just freed. A summary gives the median and every round's ratios.
  */
 import { appendFile, cp, mkdir, open, readFile, readdir, rm, writeFile, type FileHandle } from "node:fs/promises";
 import { Session } from "node:inspector/promises";
-import { readdirSync, readFileSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync, writeSync } from "node:fs";
+import { createInterface } from "node:readline";
+import type { Readable } from "node:stream";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseControlFile } from "../src/formats/pg_control.js";
@@ -78,9 +110,19 @@ function flag(name: string, dflt: number): number {
   return v;
 }
 
+/** Like flag() but 0 is allowed. */
+function flagOrZero(name: string): number {
+  const args = process.argv.slice(2);
+  const v = Number(args[args.indexOf(`--${name}`) + 1]);
+  if (!Number.isFinite(v) || v < 0) throw new Error(`--${name} needs a number >= 0, got ${args[args.indexOf(`--${name}`) + 1]}`);
+  return v;
+}
+
 const scale = flag("scale", 10);
 const transactions = flag("transactions", 20_000);
 const rounds = flag("rounds", 1);
+/** Unmeasured rounds of both contenders before the counted ones (header: why). */
+const warmupRounds = process.argv.includes("--warmup") ? Math.floor(flagOrZero("warmup")) : 1;
 const keepIdx = process.argv.indexOf("--keep-wal");
 const keepDir = keepIdx >= 0 ? process.argv[keepIdx + 1] : undefined;
 if (keepIdx >= 0 && keepDir === undefined) throw new Error("--keep-wal needs a directory");
@@ -95,45 +137,48 @@ const profileFile = profileIdx >= 0 ? process.argv[profileIdx + 1] : undefined;
 if (profileIdx >= 0 && profileFile === undefined) throw new Error("--profile needs a file name");
 /** Poll interval of the standby's replay position: small next to a replay of seconds. */
 const REPLAY_POLL_MS = 20;
+/** `--trace`: print the layer pipeline's state (frozen / open layers, disk_consistent_lsn) whenever it changes during ingest. */
+const TRACE = process.argv.includes("--trace");
 /** WAL read size of the pageserver contender: about what a WAL receiver's messages add up to between yields. */
 const READ_CHUNK_BYTES = 1024 * 1024;
 /** Bound on one standby replay. */
 const REPLAY_TIMEOUT_MS = 600_000;
 
-/**
- * CPU seconds (user + system) of this process's main thread so far, from
- * /proc (Linux; undefined elsewhere). With the flush on a worker thread the
- * main thread's CPU is the critical path of ingest on a quiet machine, and
- * unlike wall-clock time it does not depend on what else the (shared) machine
- * runs.
- */
-function mainThreadCpuSeconds(): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8");
-    // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS_PER_SECOND;
-  } catch {
-    return undefined;
-  }
-}
 /** USER_HZ of Linux /proc times: 100 on every architecture Node runs on. */
 const CLOCK_TICKS_PER_SECOND = 100;
+
+/** CPU seconds of one thread, split: user (JavaScript, memcpy, CRC) and system (the kernel: page faults, page cache, fsync). */
+interface ThreadCpu {
+  user: number;
+  sys: number;
+  /** Minor page faults: first touches of memory (fresh or handed back to the host), the usual cause of system time here. */
+  faults: number;
+  /** Seconds on a CPU from /proc's schedstat (nanosecond resolution; user + sys come in 10 ms ticks). */
+  onCpu: number;
+}
 
 /**
  * CPU seconds of every thread of this process, by thread id (Linux /proc;
  * empty elsewhere). The difference of two readings tells how the ingest's
- * CPU splits between the main thread, the flush worker (the busiest other
- * thread during ingest) and the rest (libuv's file I/O pool, GC helpers).
+ * CPU splits between the main thread (ingest: with the flush on a worker
+ * thread, its CPU is the critical path on a quiet machine, and unlike
+ * wall-clock time it does not depend on what else the shared machine runs),
+ * the flush worker (the busiest other thread during ingest) and the rest
+ * (libuv's file I/O pool, GC helpers). System time is reported apart: on
+ * this VM writing into page-cache memory the guest has not touched recently
+ * costs seconds of system CPU per GiB, which user time does not show.
  */
-function threadCpuSeconds(): Map<number, number> {
-  const out = new Map<number, number>();
+function threadCpuSeconds(): Map<number, ThreadCpu> {
+  const out = new Map<number, ThreadCpu>();
   try {
     for (const tid of readdirSync("/proc/self/task")) {
       try {
         const stat = readFileSync(`/proc/self/task/${tid}/stat`, "utf8");
+        // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
         const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-        out.set(Number(tid), (Number(f[11]) + Number(f[12])) / CLOCK_TICKS_PER_SECOND);
+        // schedstat's first field: nanoseconds on a CPU (exact, where stat counts 10 ms ticks)
+        const onCpuNs = Number(readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+        out.set(Number(tid), { user: Number(f[11]) / CLOCK_TICKS_PER_SECOND, sys: Number(f[12]) / CLOCK_TICKS_PER_SECOND, faults: Number(f[7]), onCpu: onCpuNs / 1e9 });
       } catch {
         // the thread exited meanwhile
       }
@@ -144,13 +189,38 @@ function threadCpuSeconds(): Map<number, number> {
   return out;
 }
 
-/** From two threadCpuSeconds readings: the busiest thread other than the main one, and all others together. */
-function splitThreadCpu(before: Map<number, number>, after: Map<number, number>): { busiestOtherMs: number; restMs: number } {
-  const used: number[] = [];
-  for (const [tid, s] of after) if (tid !== process.pid) used.push((s - (before.get(tid) ?? 0)) * 1000);
-  used.sort((a, b) => b - a);
-  const busiestOtherMs = used[0] ?? 0;
-  return { busiestOtherMs, restMs: used.slice(1).reduce((a, b) => a + b, 0) };
+interface ThreadSplit {
+  main: ThreadCpu | undefined;
+  /** The busiest thread other than the main one: the flush worker. */
+  worker: ThreadCpu;
+  /** All other threads together. */
+  rest: ThreadCpu;
+}
+
+/** From two threadCpuSeconds readings: main thread, busiest other thread, all others together. */
+function splitThreadCpu(before: Map<number, ThreadCpu>, after: Map<number, ThreadCpu>): ThreadSplit {
+  const used: ThreadCpu[] = [];
+  let main: ThreadCpu | undefined;
+  for (const [tid, t] of after) {
+    const b = before.get(tid);
+    const d = { user: t.user - (b?.user ?? 0), sys: t.sys - (b?.sys ?? 0), faults: t.faults - (b?.faults ?? 0), onCpu: t.onCpu - (b?.onCpu ?? 0) };
+    if (tid === process.pid) main = d;
+    else used.push(d);
+  }
+  used.sort((a, b) => b.onCpu - a.onCpu);
+  const rest = { user: 0, sys: 0, faults: 0, onCpu: 0 };
+  for (const t of used.slice(1)) {
+    rest.user += t.user;
+    rest.sys += t.sys;
+    rest.faults += t.faults;
+    rest.onCpu += t.onCpu;
+  }
+  return { main, worker: used[0] ?? { user: 0, sys: 0, faults: 0, onCpu: 0 }, rest };
+}
+
+/** "0.572 s (sys 0.12, 3.1k faults)": on-CPU time, then the system share (ticks) and minor faults. */
+function fmtCpu(t: ThreadCpu): string {
+  return `${t.onCpu.toFixed(3)} s (sys ${t.sys.toFixed(2)}, ${(t.faults / 1000).toFixed(1)}k faults)`;
 }
 
 async function copyAsIs(from: string, to: string): Promise<void> {
@@ -164,15 +234,17 @@ async function copyAsIs(from: string, to: string): Promise<void> {
  * the critical path of the standby, as the main thread is the pageserver's)
  * and of all its server processes, from /proc (undefined elsewhere).
  */
-function standbyCpuSeconds(dataDir: string): { startup: number; all: number } | undefined {
+function standbyCpuSeconds(dataDir: string): { startup: number; startupSys: number; all: number } | undefined {
   try {
     const postmaster = Number(readFileSync(join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]);
+    const sysOf = (stat: string): number => Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[12]) / CLOCK_TICKS_PER_SECOND;
     const cpuOf = (stat: string): number => {
       const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS_PER_SECOND;
     };
     let all = cpuOf(readFileSync(`/proc/${postmaster}/stat`, "utf8"));
     let startup = 0;
+    let startupSys = 0;
     for (const pid of readdirSync("/proc")) {
       if (!/^[0-9]+$/.test(pid)) continue;
       try {
@@ -181,18 +253,21 @@ function standbyCpuSeconds(dataDir: string): { startup: number; all: number } | 
         if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) !== postmaster) continue;
         const cpu = cpuOf(stat);
         all += cpu;
-        if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("startup")) startup += cpu;
+        if (readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("startup")) {
+          startup += cpu;
+          startupSys += sysOf(stat);
+        }
       } catch {
         // exited meanwhile
       }
     }
-    return { startup, all };
+    return { startup, startupSys, all };
   } catch {
     return undefined;
   }
 }
 
-async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Promise<{ ms: number; cpu: { startup: number; all: number } | undefined }> {
+async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Promise<{ ms: number; cpu: { startup: number; startupSys: number; all: number } | undefined }> {
   const dir = await makeTempDir("standby");
   const dataDir = join(dir, "data");
   await copyAsIs(baseDir, dataDir);
@@ -228,16 +303,18 @@ async function standbyReplay(baseDir: string, walDir: string, endLsn: Lsn): Prom
   }
 }
 
+interface PageserverResult {
+  ms: number; readableMs: number; cpuMs: number; sysMs: number; threads: ThreadSplit; flushMs: number; records: number; layers: number;
+  frozenAtEnd: number; pendingWalMb: number;
+}
+
 async function pageserverIngest(
   baseDir: string,
   walDir: string,
   importLsn: Lsn,
   endLsn: Lsn,
   profile?: Session,
-): Promise<{
-  ms: number; readableMs: number; cpuMs: number; mainCpuMs: number | undefined; workerCpuMs: number; restCpuMs: number; flushMs: number; records: number; layers: number;
-  frozenAtEnd: number; pendingWalMb: number;
-}> {
+): Promise<PageserverResult> {
   const dataDir = await makeTempDir("psingest");
   const config = { ...defaultPageserverConfig(dataDir), listenPgPort: 0, listenHttpPort: 0 };
   const ps = await Pageserver.start({ config, log: createLogger({ component: "bench", level: "warn" }), registry: createRegistry({ defaultMetrics: false }) });
@@ -252,7 +329,6 @@ async function pageserverIngest(
     if (profile !== undefined) await profile.post("Profiler.start");
     const t0 = performance.now();
     const cpu0 = process.cpuUsage();
-    const mainCpu0 = mainThreadCpuSeconds();
     const threads0 = threadCpuSeconds();
     const ingest = new WalIngest(tl, tl, { startLsn: tl.lastRecordLsn });
     const decoder = new WalStreamDecoder(importLsn, { recycleRecordBuffers: true }); // as the WAL receiver does
@@ -297,10 +373,24 @@ async function pageserverIngest(
       }
     };
     let ahead = readNext(pickBuffer());
+    let lastSig = "";
+    let readWaitMs = 0;
     try {
       outer: for (;;) {
+        const tw = TRACE ? performance.now() : 0;
         const { buf, n } = await ahead;
+        if (TRACE) {
+          const w = performance.now() - tw;
+          readWaitMs += w;
+          if (w > 2) console.log(`    read wait ${w.toFixed(1)} ms at ${(tw - t0).toFixed(0)} ms`);
+        }
         if (n === 0) break;
+        if (TRACE) {
+          const g = tl.gaugeSource();
+          const sig = `${g.layerCounts.frozen}/${g.layerCounts.open} dc=${formatLsn(g.diskConsistentLsn)}`;
+          if (sig !== lastSig) console.log(`  t=${(performance.now() - t0).toFixed(0)} ms lsn=${formatLsn(g.lastRecordLsn)} frozen/open=${sig}`);
+          lastSig = sig;
+        }
         decoder.feed(buf.subarray(0, n));
         fedBefore = fedLast;
         fedLast = n;
@@ -325,6 +415,7 @@ async function pageserverIngest(
       await fh?.close();
     }
     const tFlush = performance.now();
+    if (TRACE) console.log(`  ingest done at ${(tFlush - t0).toFixed(0)} ms; waited ${readWaitMs.toFixed(0)} ms for WAL reads`);
     // What the final flush has left to do: frozen layers still queued, and WAL not yet in layer files.
     const atEnd = tl.gaugeSource();
     const pendingWalMb = Number(atEnd.lastRecordLsn - atEnd.diskConsistentLsn) / 1e6;
@@ -332,22 +423,106 @@ async function pageserverIngest(
     const tEnd = performance.now();
     const ms = tEnd - t0;
     const cpu = process.cpuUsage(cpu0);
-    const mainCpu1 = mainThreadCpuSeconds();
     const threadSplit = splitThreadCpu(threads0, threadCpuSeconds());
     if (profile !== undefined) {
       const { profile: p } = await profile.post("Profiler.stop");
       await writeFile(profileFile!, JSON.stringify(p));
     }
     if (tl.lastRecordLsn <= endLsn) throw new Error(`pageserver ingested up to ${formatLsn(tl.lastRecordLsn)}, want past ${formatLsn(endLsn)}`);
-    const mainCpuMs = mainCpu0 === undefined || mainCpu1 === undefined ? undefined : (mainCpu1 - mainCpu0) * 1000;
     return {
-      ms, readableMs: tFlush - t0, cpuMs: (cpu.user + cpu.system) / 1000, mainCpuMs, workerCpuMs: threadSplit.busiestOtherMs, restCpuMs: threadSplit.restMs,
+      ms, readableMs: tFlush - t0, cpuMs: (cpu.user + cpu.system) / 1000, sysMs: cpu.system / 1000, threads: threadSplit,
       flushMs: tEnd - tFlush, records, layers: tl.layerInfos().length, frozenAtEnd: atEnd.layerCounts.frozen, pendingWalMb,
     };
   } finally {
     await ps.stop();
     await rm(dataDir, { recursive: true, force: true });
   }
+}
+
+/** The flag that turns this script into the standby helper process (header: why the standby runs in its own process). */
+const STANDBY_HELPER_FLAG = "--standby-helper";
+/** File descriptor of the helper's replies (stdout stays free for whatever the harness prints). */
+const HELPER_REPLY_FD = 3;
+/** Bound on the helper's answer: one replay plus its set-up (copies, start, stop). */
+const HELPER_REPLY_TIMEOUT_MS = REPLAY_TIMEOUT_MS + 120_000;
+
+type StandbyResult = Awaited<ReturnType<typeof standbyReplay>>;
+type HelperReply = ({ ok: true } & StandbyResult) | { ok: false; error: string };
+
+/**
+ * The helper process's loop: one replay request per line on stdin
+ * ({ base, wal, endLsn }), one JSON reply per line on HELPER_REPLY_FD.
+ */
+async function runStandbyHelper(): Promise<void> {
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (line.trim() === "") continue;
+    const req = JSON.parse(line) as { base: string; wal: string; endLsn: string };
+    let reply: HelperReply;
+    try {
+      reply = { ok: true, ...(await standbyReplay(req.base, req.wal, parseLsn(req.endLsn))) };
+    } catch (e) {
+      reply = { ok: false, error: (e as Error).stack ?? String(e) };
+    }
+    writeSync(HELPER_REPLY_FD, `${JSON.stringify(reply)}\n`);
+  }
+}
+
+/**
+ * The standby contender, run by a helper process started before the first
+ * round (header: the copies, pg_ctl and client of the standby fork
+ * processes; forked from this process, every page this process had written
+ * would take a copy-on-write fault afterwards, which the pageserver's next
+ * round would pay for).
+ */
+class StandbyHelper {
+  private readonly replies: AsyncIterator<string>;
+
+  private constructor(private readonly child: ChildProcess) {
+    const out = child.stdio[HELPER_REPLY_FD] as Readable;
+    this.replies = createInterface({ input: out })[Symbol.asyncIterator]();
+  }
+
+  static start(): StandbyHelper {
+    const child = spawn(process.execPath, [process.argv[1]!, STANDBY_HELPER_FLAG], { stdio: ["pipe", "inherit", "inherit", "pipe"] });
+    return new StandbyHelper(child);
+  }
+
+  async replay(base: string, wal: string, endLsn: Lsn): Promise<StandbyResult> {
+    this.child.stdin!.write(`${JSON.stringify({ base, wal, endLsn: formatLsn(endLsn) })}\n`);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`standby helper gave no answer in ${HELPER_REPLY_TIMEOUT_MS} ms`)), HELPER_REPLY_TIMEOUT_MS);
+    });
+    try {
+      const next = await Promise.race([this.replies.next(), timeout]);
+      if (next.done === true) throw new Error("standby helper exited");
+      const reply = JSON.parse(next.value) as HelperReply;
+      if (!reply.ok) throw new Error(`standby helper: ${reply.error}`);
+      return { ms: reply.ms, cpu: reply.cpu };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null) return;
+    const exited = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
+    this.child.stdin!.end();
+    await exited;
+  }
+}
+
+/** The standby contender run in this process (`--standby-in-process`: the method before the helper, for comparison). */
+const inProcessStandby = {
+  replay: standbyReplay,
+  stop: async (): Promise<void> => undefined,
+};
+
+function median(v: readonly number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 interface Workload {
@@ -403,50 +578,81 @@ async function main(): Promise<void> {
     const walMb = Number(endLsn - importLsn) / 1e6;
     console.log(`WAL: ${walMb.toFixed(1)} MB (${formatLsn(importLsn)}..${formatLsn(endLsn)})`);
 
-    for (let round = 1; round <= rounds; round++) {
-      let sbRate: number | undefined;
-      let psRate: number | undefined;
-      let psReadableRate: number | undefined;
-      if (only !== "pageserver") {
-        const sb = await standbyReplay(base, walCopy, endLsn);
-        sbRate = walMb / (sb.ms / 1000);
-        console.log(
-          `round ${round}: hot standby replay: ${(sb.ms / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included` +
-            `${sb.cpu === undefined ? "" : `; CPU: startup process ${sb.cpu.startup.toFixed(2)} s, all server processes ${sb.cpu.all.toFixed(2)} s`})`,
-        );
-      }
-      if (only !== "standby") {
-        let session: Session | undefined;
-        if (profileFile !== undefined && round === rounds) {
-          session = new Session();
-          session.connect();
-          await session.post("Profiler.enable");
+    const helper = only === "pageserver" ? undefined : process.argv.includes("--standby-in-process") ? inProcessStandby : StandbyHelper.start();
+    try {
+      const durable: number[] = [];
+      const readable: number[] = [];
+      const total = warmupRounds + rounds;
+      for (let i = 1; i <= total; i++) {
+        const warm = i <= warmupRounds;
+        const round = warm ? `warm-up ${i}` : `round ${i - warmupRounds}`;
+        // Odd rounds: standby first; even rounds: pageserver first (header: fairness).
+        const standbyFirst = (i - warmupRounds) % 2 === 1 || warm;
+        let sbRate: number | undefined;
+        let ps: PageserverResult | undefined;
+        const runStandby = async (): Promise<void> => {
+          if (helper === undefined) return;
+          const sb = await helper.replay(base, walCopy, endLsn);
+          sbRate = walMb / (sb.ms / 1000);
+          console.log(
+            `${round}: hot standby replay: ${(sb.ms / 1000).toFixed(2)} s = ${sbRate.toFixed(1)} MB/s (start-up included` +
+              `${sb.cpu === undefined ? "" : `; CPU: startup process ${sb.cpu.startup.toFixed(2)} s (sys ${sb.cpu.startupSys.toFixed(2)}), all server processes ${sb.cpu.all.toFixed(2)} s`})`,
+          );
+        };
+        const runPageserver = async (): Promise<void> => {
+          if (only === "standby") return;
+          let session: Session | undefined;
+          if (profileFile !== undefined && i === total) {
+            session = new Session();
+            session.connect();
+            await session.post("Profiler.enable");
+          }
+          ps = await pageserverIngest(base, walCopy, importLsn, endLsn, session);
+          session?.disconnect();
+          const rate = walMb / (ps.ms / 1000);
+          console.log(
+            `${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${rate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ` +
+              `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s ` +
+              `for ${ps.pendingWalMb.toFixed(1)} MB of WAL in ${ps.frozenAtEnd} frozen + the open layer; ` +
+              `process CPU ${(ps.cpuMs / 1000).toFixed(2)} s (sys ${(ps.sysMs / 1000).toFixed(2)}) all threads` +
+              `${ps.threads.main === undefined ? "" : `, main thread ${fmtCpu(ps.threads.main)}, flush worker ${fmtCpu(ps.threads.worker)}, other threads ${fmtCpu(ps.threads.rest)}`}: ` +
+              `the figures to compare on a busy machine)`,
+          );
+          console.log(
+            `${round}: pageserver readable (second figure): last_record_lsn at the end after ${(ps.readableMs / 1000).toFixed(2)} s = ${(walMb / (ps.readableMs / 1000)).toFixed(1)} MB/s ` +
+              `(every record ingested and served, not yet all in layer files: what the standby's replay LSN means)`,
+          );
+        };
+        if (standbyFirst) {
+          await runStandby();
+          await runPageserver();
+        } else {
+          await runPageserver();
+          await runStandby();
         }
-        const ps = await pageserverIngest(base, walCopy, importLsn, endLsn, session);
-        session?.disconnect();
-        psRate = walMb / (ps.ms / 1000);
-        psReadableRate = walMb / (ps.readableMs / 1000);
-        console.log(
-          `round ${round}: pageserver ingest: ${(ps.ms / 1000).toFixed(2)} s = ${psRate.toFixed(1)} MB/s, ${(ps.records / (ps.ms / 1000)).toFixed(0)} records/s, ` +
-            `${ps.layers} layer files (read + decode + ingest + flush; final flush ${(ps.flushMs / 1000).toFixed(2)} s ` +
-            `for ${ps.pendingWalMb.toFixed(1)} MB of WAL in ${ps.frozenAtEnd} frozen + the open layer; ` +
-            `process CPU ${(ps.cpuMs / 1000).toFixed(2)} s all threads` +
-            `${ps.mainCpuMs === undefined ? "" : `, main thread ${(ps.mainCpuMs / 1000).toFixed(2)} s, flush worker ${(ps.workerCpuMs / 1000).toFixed(2)} s, other threads ${(ps.restCpuMs / 1000).toFixed(2)} s`}: ` +
-            `the figures to compare on a busy machine)`,
-        );
-        console.log(
-          `round ${round}: pageserver readable (second figure): last_record_lsn at the end after ${(ps.readableMs / 1000).toFixed(2)} s = ${psReadableRate.toFixed(1)} MB/s ` +
-            `(every record ingested and served, not yet all in layer files: what the standby's replay LSN means)`,
-        );
+        if (sbRate !== undefined && ps !== undefined) {
+          const r = walMb / (ps.ms / 1000) / sbRate;
+          const rr = walMb / (ps.readableMs / 1000) / sbRate;
+          const note = warm ? " (warm-up: not counted)" : "";
+          console.log(`${round}: ratio pageserver / standby = ${r.toFixed(2)} (durable in layer files; goal >= 1.0)${note}`);
+          console.log(`${round}: ratio readable / standby = ${rr.toFixed(2)} (second figure: last_record_lsn, like the standby's replay LSN)${note}`);
+          if (!warm) {
+            durable.push(r);
+            readable.push(rr);
+          }
+        }
       }
-      if (sbRate !== undefined && psRate !== undefined && psReadableRate !== undefined) {
-        console.log(`round ${round}: ratio pageserver / standby = ${(psRate / sbRate).toFixed(2)} (durable in layer files; goal >= 1.0)`);
-        console.log(`round ${round}: ratio readable / standby = ${(psReadableRate / sbRate).toFixed(2)} (second figure: last_record_lsn, like the standby's replay LSN)`);
+      if (durable.length > 0) {
+        const fmt = (v: number[]): string => `median ${median(v).toFixed(2)} (${v.map((x) => x.toFixed(2)).join(", ")})`;
+        console.log(`summary over ${durable.length} rounds: ratio pageserver / standby ${fmt(durable)}; readable / standby ${fmt(readable)}`);
       }
+    } finally {
+      await helper?.stop();
     }
   } finally {
     if (keepDir === undefined) await rm(work, { recursive: true, force: true });
   }
 }
 
-await main();
+if (process.argv.includes(STANDBY_HELPER_FLAG)) await runStandbyHelper();
+else await main();

@@ -49,6 +49,13 @@ test("last-commit value: round trip and corrupt input", () => {
   assert.deepEqual(decodeLastCommit(encodeLastCommit(c)), c);
   assert.deepEqual(decodeLastCommit(encodeLastCommit({ ...c, timestampUs: -5n })).timestampUs, -5n);
   assert.throws(() => decodeLastCommit(new Uint8Array(LAST_COMMIT_VALUE_BYTES - 1)), /20 bytes, expected 21/);
+  // the exact bytes: version, then little-endian i64 timestamp, u64 LSN, u32 xid
+  const ref = Buffer.alloc(LAST_COMMIT_VALUE_BYTES);
+  ref[0] = 1;
+  ref.writeBigInt64LE(-5n, 1);
+  ref.writeBigUInt64LE(0xfedc_ba98_7654_3210n, 9);
+  ref.writeUInt32LE(0xfffffffe, 17);
+  assert.deepEqual(Buffer.from(encodeLastCommit({ timestampUs: -5n, endLsn: lsn(0xfedc_ba98_7654_3210n), xid: 0xfffffffe })), ref);
   const bad = encodeLastCommit(c);
   bad[0] = 9;
   assert.throws(() => decodeLastCommit(bad), /format version 9/);

@@ -71,14 +71,32 @@ export interface CommitRecordInfo {
   readonly xid: number;
 }
 
+/**
+ * The value's bytes (little-endian fields). Written byte by byte: ingest
+ * encodes one per commit record, and a DataView over a fresh 21-byte array
+ * (`out.buffer`) makes V8 move the array's storage off the heap first,
+ * several times the cost of the encoding itself.
+ */
 export function encodeLastCommit(c: CommitRecordInfo): Uint8Array {
   const out = new Uint8Array(LAST_COMMIT_VALUE_BYTES);
-  const v = new DataView(out.buffer);
   out[0] = LAST_COMMIT_FORMAT_VERSION;
-  v.setBigInt64(1, c.timestampUs, true);
-  v.setBigUint64(9, c.endLsn, true);
-  v.setUint32(17, c.xid >>> 0, true);
+  putU64LE(out, 1, BigInt.asUintN(64, c.timestampUs));
+  putU64LE(out, 9, c.endLsn);
+  putU32LE(out, 17, c.xid >>> 0);
   return out;
+}
+
+function putU32LE(out: Uint8Array, at: number, v: number): void {
+  out[at] = v & 0xff;
+  out[at + 1] = (v >>> 8) & 0xff;
+  out[at + 2] = (v >>> 16) & 0xff;
+  out[at + 3] = v >>> 24;
+}
+
+/** `v` in [0, 2^64). */
+function putU64LE(out: Uint8Array, at: number, v: bigint): void {
+  putU32LE(out, at, Number(v & 0xffff_ffffn));
+  putU32LE(out, at + 4, Number(v >> 32n));
 }
 
 /** Decodes a stored last-commit value (bytes from a layer file: corrupt_data when malformed). */
