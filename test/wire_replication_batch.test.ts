@@ -48,6 +48,11 @@ type Ending = "copydone" | "error" | "malformed";
 
 /** What the server sends after START_REPLICATION. */
 function script(ending: Ending): Buffer {
+  return Buffer.concat(scriptMessages(ending));
+}
+
+/** The same, one framed message per element. */
+function scriptMessages(ending: Ending): Buffer[] {
   const parts: Buffer[] = [serializeBackend({ kind: "CopyBothResponse", format: 0, columnFormats: [] })];
   for (const m of expectedMessages()) parts.push(copyData(m));
   if (ending === "copydone") {
@@ -67,7 +72,7 @@ function script(ending: Ending): Buffer {
   } else {
     parts.push(serializeBackend({ kind: "CopyData", data: Buffer.from([0x77, 1, 2, 3]) }));
   }
-  return Buffer.concat(parts);
+  return parts;
 }
 
 /**
@@ -82,7 +87,8 @@ const LATER_PIECE_BYTES = 4096;
 /**
  * A server that accepts any startup, then answers the first Query with
  * `script(ending)` written in pieces of `chunk` bytes (an event-loop turn
- * between pieces, so the client sees many reads).
+ * between pieces, so the client sees many reads); `chunk` 0 writes one
+ * whole message per piece (reads that end on message boundaries).
  */
 async function withScriptedServer(ending: Ending, chunk: number, fn: (port: number) => Promise<void>): Promise<void> {
   const sockets = new Set<Socket>();
@@ -98,6 +104,14 @@ async function withScriptedServer(ending: Ending, chunk: number, fn: (port: numb
           sock.write(Buffer.concat([serializeBackend({ kind: "AuthenticationOk" }), serializeBackend({ kind: "ReadyForQuery", status: "I" })]));
         } else if (m.kind === "Query") {
           void (async () => {
+            if (chunk === 0) {
+              for (const piece of scriptMessages(ending)) {
+                if (sock.destroyed) return;
+                sock.write(piece);
+                await new Promise((r) => setTimeout(r, 1));
+              }
+              return;
+            }
             const bytes = script(ending);
             for (let off = 0; off < bytes.length && !sock.destroyed; ) {
               const piece = off < SMALL_PIECES_PREFIX_BYTES ? chunk : Math.max(chunk, LATER_PIECE_BYTES);
@@ -196,20 +210,22 @@ test("readBatch and iteration do not mix", async () => {
 });
 
 /** Consumes in push mode until the stream ends or fails; `onBatch` may act on each delivery. */
-async function consumeAll(port: number, onBatch?: (ms: ServerReplicationMessage[], n: number, stream: ReplicationStream) => void) {
+async function consumeAll(port: number, onBatch?: (ms: ServerReplicationMessage[], n: number, stream: ReplicationStream) => void, opts: { transientPayloads?: boolean; transientSeen?: { n: number } } = {}) {
   const client = await PgClient.connect({ host: "127.0.0.1", port, user: "u", replication: true, connectTimeoutMs: 5000 });
   const stream = await client.startReplication({ startLsn: START, timeline: 1 });
   const msgs: ServerReplicationMessage[] = [];
   let calls = 0;
   let error: unknown = null;
   try {
-    await stream.consume((ms) => {
+    await stream.consume((ms, _more, transient) => {
       assert.ok(ms.length > 0, "a delivery is never empty");
+      assert.ok(!transient || opts.transientPayloads === true, "transient deliveries only when asked for");
+      if (transient && opts.transientSeen) opts.transientSeen.n++;
       calls++;
       // Payload views are valid only during the call unless kept: copy, as a consumer that keeps them must.
       msgs.push(...ms.map((m) => (m.kind === "XLogData" ? { ...m, data: Buffer.from(m.data) } : m)));
       onBatch?.(ms, calls, stream);
-    });
+    }, { transientPayloads: opts.transientPayloads ?? false });
   } catch (e) {
     error = e;
   }
@@ -226,6 +242,25 @@ test("consume delivers exactly the server's messages in order for every write si
         assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()), `chunk ${chunk}`);
         assert.deepEqual(r.end, { nextTimeline: 2, nextTimelineStartLsn: parseLsn("0/3022000") });
         assert.equal(r.client.closed, false, "the connection is back in query mode");
+      } finally {
+        await r.client.close();
+      }
+    });
+  }
+});
+
+test("consume with transientPayloads: the same messages for every write size; reads of whole messages come in place", async () => {
+  const total = script("copydone").length;
+  for (const chunk of [0, 1, 5, 4093, 65536, total]) {
+    await withScriptedServer("copydone", chunk, async (port) => {
+      const transientSeen = { n: 0 };
+      const r = await consumeAll(port, undefined, { transientPayloads: true, transientSeen });
+      try {
+        assert.equal(r.error, null, `chunk ${chunk}: ${String(r.error)}`);
+        // The handler copied each payload during its call: anything read in place and then overwritten would differ here.
+        assert.deepEqual(normalize(r.msgs), normalize(expectedMessages()), `chunk ${chunk}`);
+        assert.deepEqual(r.end, { nextTimeline: 2, nextTimelineStartLsn: parseLsn("0/3022000") });
+        if (chunk === 0) assert.ok(transientSeen.n >= 3, `one message per write: ${transientSeen.n} deliveries in place`);
       } finally {
         await r.client.close();
       }

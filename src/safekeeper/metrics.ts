@@ -14,10 +14,78 @@
  * child, and that cost sits in front of every acknowledgement. Each open
  * timeline registers a source instead (`addTimeline`), keeps those figures
  * as plain fields, and the four series are filled from the sources when
- * the registry is scraped.
+ * the registry is scraped. The flush latency histogram is the same idea:
+ * `FlushLatencyHistogram` counts into a plain array (prom-client's
+ * Histogram keys its buckets by the bound as an object property — a
+ * number-to-string conversion and a runtime property store per
+ * observation) and renders the standard histogram series when scraped.
  */
 import type { Lsn } from "../lib/lsn.js";
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS_S, type Registry } from "../lib/metrics.js";
+import { Counter, Gauge, LATENCY_BUCKETS_S, type Registry } from "../lib/metrics.js";
+
+/** One sample of a scraped metric, as prom-client's Registry formats it. */
+interface MetricSample {
+  value: number;
+  labels: Record<string, string | number>;
+  metricName?: string;
+}
+
+/**
+ * A label-less Prometheus histogram kept in plain fields: `observe` is a
+ * bounds scan and two additions. It is registered in a prom-client
+ * Registry as a custom metric (Registry.registerMetric: name, help, type,
+ * aggregator, get, reset) and renders what prom-client's Histogram would:
+ * cumulative `<name>_bucket{le=...}` series, `le="+Inf"`, `_sum`, `_count`.
+ */
+export class FlushLatencyHistogram {
+  readonly type = "histogram";
+  readonly aggregator = "sum";
+  private readonly upperBounds: readonly number[];
+  /** Observations per bucket (not cumulative); the last slot counts those above every bound. */
+  private readonly counts: Float64Array;
+  private sum = 0;
+  private count = 0;
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    buckets: readonly number[],
+  ) {
+    for (let i = 1; i < buckets.length; i++) {
+      if (!(buckets[i]! > buckets[i - 1]!)) throw new Error(`assertion failed: histogram ${name} buckets must increase`);
+    }
+    this.upperBounds = [...buckets];
+    this.counts = new Float64Array(buckets.length + 1);
+  }
+
+  observe(seconds: number): void {
+    const b = this.upperBounds;
+    let i = 0;
+    while (i < b.length && seconds > b[i]!) i++;
+    this.counts[i]!++;
+    this.sum += seconds;
+    this.count++;
+  }
+
+  reset(): void {
+    this.counts.fill(0);
+    this.sum = 0;
+    this.count = 0;
+  }
+
+  get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: MetricSample[] }> {
+    const values: MetricSample[] = [];
+    let acc = 0;
+    for (let i = 0; i < this.upperBounds.length; i++) {
+      acc += this.counts[i]!;
+      values.push({ value: acc, labels: { le: this.upperBounds[i]! }, metricName: `${this.name}_bucket` });
+    }
+    values.push({ value: this.count, labels: { le: "+Inf" }, metricName: `${this.name}_bucket` });
+    values.push({ value: this.sum, labels: {}, metricName: `${this.name}_sum` });
+    values.push({ value: this.count, labels: {}, metricName: `${this.name}_count` });
+    return Promise.resolve({ name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values });
+  }
+}
 
 export interface TimelineLabels {
   tenant_id: string;
@@ -33,7 +101,7 @@ export interface TimelineSeriesSource {
 export class SafekeeperMetrics {
   readonly walReceivedBytes: Counter<"tenant_id" | "timeline_id">;
   readonly fsyncs: Counter<"tenant_id" | "timeline_id">;
-  readonly fsyncSeconds: Histogram;
+  readonly fsyncSeconds: FlushLatencyHistogram;
   readonly flushLsn: Gauge<"tenant_id" | "timeline_id">;
   readonly commitLsn: Gauge<"tenant_id" | "timeline_id">;
   readonly term: Gauge<"tenant_id" | "timeline_id">;
@@ -76,12 +144,8 @@ export class SafekeeperMetrics {
         for (const f of figures()) this.inc(f.labels, f.fsyncs);
       },
     });
-    this.fsyncSeconds = new Histogram({
-      name: "strata_safekeeper_wal_flush_seconds",
-      help: "Latency of one WAL flush (fsync of the partial segment)",
-      buckets: LATENCY_BUCKETS_S,
-      registers,
-    });
+    this.fsyncSeconds = new FlushLatencyHistogram("strata_safekeeper_wal_flush_seconds", "Latency of one WAL flush (fsync of the partial segment)", LATENCY_BUCKETS_S);
+    registry.registerMetric(this.fsyncSeconds as unknown as Parameters<Registry["registerMetric"]>[0]);
     this.flushLsn = new Gauge({
       name: "strata_safekeeper_flush_lsn",
       help: "WAL fsynced on this safekeeper (LSN as a number)",

@@ -17,7 +17,10 @@
  *
  * Group commit. The stream is consumed in push mode
  * (ReplicationStream.consume): the handler runs inside the socket's data
- * callback with every message the chunk completed (zero-copy payload views).
+ * callback with every message the chunk completed (zero-copy payload views;
+ * a read of whole messages is parsed in the connection's read buffer
+ * itself — consume's transientPayloads — so payloads that have to wait for
+ * the writer are copied before the handler returns).
  * In the common case — the writer idle, the chunk drained the socket (it did
  * not fill the read buffer), nothing else holds the timeline, the batch stays
  * inside the open segment — the handler writes, fdatasyncs and sends the
@@ -408,22 +411,23 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
     // count: WAL fsynced after the vote could be missing from the vote's position. Report nothing.
     if (tl.term !== reg.term) return;
     const flush = tl.flushLsn;
-    stream.sendStatusUpdate({ writeLsn: tl.writeLsn, flushLsn: flush, applyLsn: flush, replyRequested });
+    stream.sendStatus(tl.writeLsn, flush, flush, replyRequested);
   };
 
   /** Reused for batches of several messages (never handed out beyond one write). */
   const batchBuf = Buffer.allocUnsafe(MAX_WRITE_BATCH_BYTES);
-  let lastStatusMs = Date.now();
+  /** performance.now() of the last status update (monotonic; cheaper than Date.now() once per fsync). */
+  let lastStatusMs = performance.now();
   /** The status update after a write: sent the moment the WAL is durable (Timeline.appendAndFlushFromComputeNow's `durable`). */
   const sendStatusNow = () => {
     if (done) return;
     sendStatus();
-    lastStatusMs = Date.now();
+    lastStatusMs = performance.now();
   };
   // Idle keep-alive: a status update when none was sent for STATUS_INTERVAL_MS.
   const statusTimer = setInterval(() => {
-    if (done || Date.now() - lastStatusMs < STATUS_INTERVAL_MS) return;
-    lastStatusMs = Date.now();
+    if (done || performance.now() - lastStatusMs < STATUS_INTERVAL_MS) return;
+    lastStatusMs = performance.now();
     try {
       sendStatus();
     } catch {
@@ -486,38 +490,48 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
    * and acknowledged right here; otherwise the async writer takes it.
    * A throw (protocol violation, fencing, I/O error) ends the connection.
    */
-  const onMessages = (batch: ServerReplicationMessage[], more: boolean): void => {
+  const onMessages = (batch: ServerReplicationMessage[], more: boolean, transient: boolean): void => {
     let replyRequested = false;
-    for (const m of batch) {
-      if (m.kind === "XLogData") {
-        if (m.dataStart !== expected) {
-          throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
-        }
-        if (m.data.length === 0) continue;
-        pending.push(m.data);
-        pendingBytes += m.data.length;
-        expected = toLsn(expected + BigInt(m.data.length));
-      } else if (m.replyRequested) {
-        replyRequested = true;
-      }
-    }
-    if (pendingBytes > 0 && !done) {
-      let written = false;
-      if (!more && wakeWriter !== undefined && pendingBytes <= MAX_WRITE_BATCH_BYTES) {
-        const at = pendingStart;
-        const { batch: bytes, take } = nextBatch();
-        // The status update goes out the moment the WAL is durable (it answers any reply request too).
-        if (tl.appendAndFlushFromComputeNow(reg.term, at, bytes, sendStatusNow) !== undefined) {
-          taken(take, bytes.length);
-          written = true;
-          replyRequested = false;
+    /** Payloads of this call in `pending`: with `transient`, views into the socket's read buffer, copied if they stay. */
+    let added = 0;
+    try {
+      for (const m of batch) {
+        if (m.kind === "XLogData") {
+          if (m.dataStart !== expected) {
+            throw new StrataError("protocol_violation", `Compute sent WAL at ${formatLsn(m.dataStart)}, expected ${formatLsn(expected)}`);
+          }
+          if (m.data.length === 0) continue;
+          pending.push(m.data);
+          added++;
+          pendingBytes += m.data.length;
+          expected = toLsn(expected + BigInt(m.data.length));
+        } else if (m.replyRequested) {
+          replyRequested = true;
         }
       }
-      if (!written) {
-        const w = wakeWriter;
-        wakeWriter = undefined;
-        w?.();
+      if (pendingBytes > 0 && !done) {
+        let written = false;
+        if (!more && wakeWriter !== undefined && pendingBytes <= MAX_WRITE_BATCH_BYTES) {
+          const at = pendingStart;
+          const { batch: bytes, take } = nextBatch();
+          // The status update goes out the moment the WAL is durable (it answers any reply request too).
+          if (tl.appendAndFlushFromComputeNow(reg.term, at, bytes, sendStatusNow) !== undefined) {
+            taken(take, bytes.length);
+            written = true;
+            replyRequested = false;
+          }
+        }
+        if (!written) {
+          const w = wakeWriter;
+          wakeWriter = undefined;
+          w?.();
+        }
       }
+    } finally {
+      // What is still pending from this call waits for the writer beyond this call (also after a
+      // throw, however briefly): keep copies. taken() removes from the front, so this call's
+      // payloads are the last `added` entries left.
+      if (transient) for (let k = Math.max(0, pending.length - added); k < pending.length; k++) pending[k] = Buffer.from(pending[k]!);
     }
     if (replyRequested) sendStatus();
     if (pendingBytes > MAX_PENDING_BYTES && !readerPaused) {
@@ -527,7 +541,7 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
   };
 
   const reader = async (): Promise<void> => {
-    await stream.consume(onMessages);
+    await stream.consume(onMessages, { transientPayloads: true });
     throw new StrataError("io_error", `Compute ended the replication stream at ${formatLsn(expected)}`);
   };
 

@@ -27,7 +27,11 @@
  *   further: the consumer's handler runs inside the data callback itself,
  *   so the safekeeper's commit path (receive, write, fsync, reply) takes no
  *   promise and no event-loop turn. The per-message iterator stays for
- *   consumers that do not care.
+ *   consumers that do not care. On the way back, a replication stream's
+ *   status updates and feedback are written with one write(2) on the
+ *   socket's descriptor when nothing is queued on it (`writeNow`), not
+ *   through the stream machinery; whatever the kernel does not take goes
+ *   through `socket.write`, so order and error reporting are unchanged.
  * * One operation at a time: a client is used by one task; a second
  *   concurrent operation is a bug and asserts.
  * * Every wait is bounded: connect + startup + authentication by
@@ -42,6 +46,7 @@
  *   from a simple query, the client is closed.
  */
 
+import { writeSync } from "node:fs";
 import { connect as netConnect, type Socket } from "node:net";
 import { StrataError, assert } from "../lib/errors.js";
 import { formatLsn, parseLsn, type Lsn } from "../lib/lsn.js";
@@ -58,8 +63,9 @@ import {
 import { BackendParser } from "./parser.js";
 import {
   parseServerReplicationMessage,
-  pgTimestampNow,
+  pgTimestampNowMicros,
   serializeReplicationCopyData,
+  serializeStatusUpdateCopyData,
   type ClientReplicationMessage,
   type ServerReplicationMessage,
 } from "./replication.js";
@@ -87,6 +93,8 @@ export const SOCKET_READ_CHUNK_BYTES = 64 * 1024;
  * small copy and pin no 64 KiB buffer while they wait to be written.
  */
 const HANDOFF_READ_BYTES = SOCKET_READ_CHUNK_BYTES / 2;
+/** Message type of CopyData, the only message a read may hold to be parsed in place (see `parsesInPlace`). */
+const COPY_DATA_TYPE = 0x64; // 'd'
 /** Default bound on the total size of rows one simpleQuery may return: it is for small control queries. */
 export const DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024;
 /** How long close() waits for the server to close its side after Terminate. */
@@ -166,7 +174,8 @@ type BatchWaiter = { resolve: (ms: BackendMessage[]) => void; reject: (e: Error)
  * is told once when the connection fails.
  */
 export interface PushConsumer {
-  messages(ms: BackendMessage[], more: boolean): void;
+  /** `transient`: the CopyData payloads are views into the read buffer, valid only during this call. */
+  messages(ms: BackendMessage[], more: boolean, transient: boolean): void;
   failed(e: Error): void;
 }
 
@@ -190,6 +199,8 @@ export class PgClient {
   private pushConsumer: PushConsumer | null = null;
   /** Reading paused by a push consumer (its own back-pressure), independent of `paused`. */
   private pushPaused = false;
+  /** The push consumer keeps no payload view past its call: reads of whole CopyData messages are parsed in place. */
+  private pushTransient = false;
   /** Rejects the pending TCP connect, if any. */
   private connectWaiter: ((e: Error) => void) | null = null;
   private failure: Error | null = null;
@@ -225,14 +236,19 @@ export class PgClient {
           // The parser keeps views into the chunks it is given: a big read hands the buffer
           // itself over (no copy, little slack); a small one is copied out and the buffer reused.
           let chunk: Buffer;
+          let inPlace = false;
           if (n >= HANDOFF_READ_BYTES) {
             chunk = readBuffer.subarray(0, n);
             readBuffer = Buffer.allocUnsafe(SOCKET_READ_CHUNK_BYTES);
+          } else if (client.parsesInPlace(readBuffer, n)) {
+            // Nothing refers to these bytes once onData returns (see parsesInPlace): no copy.
+            chunk = readBuffer.subarray(0, n);
+            inPlace = true;
           } else {
             chunk = Buffer.allocUnsafe(n);
             readBuffer.copy(chunk, 0, 0, n);
           }
-          client.onData(chunk);
+          client.onData(chunk, inPlace);
           return true;
         },
       },
@@ -265,7 +281,32 @@ export class PgClient {
     }
   }
 
-  private onData(chunk: Buffer): void {
+  /**
+   * Whether the `n` bytes just read into `buf` may be parsed where they lie,
+   * although `buf` is read into again afterwards: only for a push consumer
+   * that keeps no payload view past its call (`consume`'s
+   * transientPayloads), with no bytes of an earlier read waiting in the
+   * parser, and when the bytes are whole CopyData messages and nothing else.
+   * Then the parser consumes all of them (it keeps no view of a fully
+   * parsed chunk), every message goes to the consumer during onData, and no
+   * reference to `buf` survives it. Anything else — a message cut by the
+   * read, another message type (a control message may be read later,
+   * asynchronously), an impossible length — is copied, as before.
+   */
+  private parsesInPlace(buf: Buffer, n: number): boolean {
+    if (!this.pushTransient || this.pushConsumer === null || this.failure !== null || this.parser.bufferedBytes !== 0) return false;
+    let i = 0;
+    while (i + 5 <= n) {
+      if (buf[i] !== COPY_DATA_TYPE) return false;
+      const length = buf.readInt32BE(i + 1);
+      if (length < 4) return false;
+      i += 1 + length;
+    }
+    return i === n;
+  }
+
+  /** `inPlace`: `chunk` lies in the read buffer, which the next read overwrites (parsesInPlace said so). */
+  private onData(chunk: Buffer, inPlace = false): void {
     if (this.failure) return;
     try {
       this.parser.push(chunk);
@@ -277,7 +318,7 @@ export class PgClient {
     if (this.pushConsumer !== null) {
       if (this.queue.length === 0) return;
       try {
-        this.pushConsumer.messages(this.queue.splice(0), chunk.length >= SOCKET_READ_CHUNK_BYTES);
+        this.pushConsumer.messages(this.queue.splice(0), chunk.length >= SOCKET_READ_CHUNK_BYTES, inPlace);
       } catch (e) {
         this.fail(e instanceof Error ? e : new StrataError("internal", String(e)));
       }
@@ -385,6 +426,34 @@ export class PgClient {
   private write(data: Buffer): void {
     if (this.failure) throw this.failure;
     this.socket.write(data);
+  }
+
+  /**
+   * `write` for small messages on the hot path (a replication stream's status
+   * updates): when nothing is queued on the socket, the bytes go out with one
+   * write(2) right here instead of through the stream machinery (Writable,
+   * write request, completion callback on the next tick), which costs more
+   * CPU than the system call on a safekeeper's commit path. Whatever that
+   * write does not take — the kernel's buffer is full (EAGAIN), a partial
+   * write, any error — goes to `socket.write`, which queues it behind
+   * nothing and reports errors as usual, so the bytes and their order are
+   * the same either way.
+   */
+  private writeNow(data: Buffer): void {
+    if (this.failure) throw this.failure;
+    const s = this.socket;
+    const fd = (s as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+    if (typeof fd === "number" && fd >= 0 && s.writableLength === 0 && s.writableCorked === 0 && !s.connecting && !s.destroyed) {
+      let n = 0;
+      try {
+        n = writeSync(fd, data, 0, data.length);
+      } catch {
+        n = 0; // EAGAIN, or an error the stream is about to report too
+      }
+      if (n >= data.length) return;
+      if (n > 0) data = data.subarray(n);
+    }
+    s.write(data);
   }
 
   private unexpected(m: BackendMessage, during: string): StrataError {
@@ -682,7 +751,7 @@ export class PgClient {
    * queue for the caller to take with `_drain`) or off. Fails at once when
    * the connection already failed.
    */
-  _push(c: PushConsumer | null): void {
+  _push(c: PushConsumer | null, transientPayloads = false): void {
     if (c !== null) {
       assert(this.waiter === null && this.batchWaiter === null && this.pushConsumer === null, "PgClient: push mode while another read waits");
       if (this.failure) {
@@ -691,6 +760,7 @@ export class PgClient {
       }
     }
     this.pushConsumer = c;
+    this.pushTransient = c !== null && transientPayloads;
     if (c === null && this.pushPaused) this._pauseReading(false);
   }
   /** @internal Takes every queued message. */
@@ -715,6 +785,10 @@ export class PgClient {
   /** @internal */
   _write(data: Buffer): void {
     this.write(data);
+  }
+  /** @internal */
+  _writeNow(data: Buffer): void {
+    this.writeNow(data);
   }
   /** @internal */
   _unexpected(m: BackendMessage, during: string): StrataError {
@@ -760,12 +834,18 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
   /** Sends a client replication message (status update, hot standby or pageserver feedback). */
   send(m: ClientReplicationMessage): void {
     if (this.finished) throw new StrataError("invalid_argument", "Cannot send on a finished replication stream");
-    this.client._write(serializeReplicationCopyData(m));
+    this.client._writeNow(serializeReplicationCopyData(m));
   }
 
   /** Sends a standby status update stamped with the current time. */
   sendStatusUpdate(u: { writeLsn: Lsn; flushLsn: Lsn; applyLsn: Lsn; replyRequested?: boolean }): void {
-    this.send({ kind: "StandbyStatusUpdate", ...u, sendTime: pgTimestampNow(), replyRequested: u.replyRequested ?? false });
+    this.sendStatus(u.writeLsn, u.flushLsn, u.applyLsn, u.replyRequested ?? false);
+  }
+
+  /** `sendStatusUpdate` without the argument object (the safekeeper's commit path). */
+  sendStatus(writeLsn: Lsn, flushLsn: Lsn, applyLsn: Lsn, replyRequested = false): void {
+    if (this.finished) throw new StrataError("invalid_argument", "Cannot send on a finished replication stream");
+    this.client._writeNow(serializeStatusUpdateCopyData(writeLsn, flushLsn, applyLsn, pgTimestampNowMicros(), replyRequested));
   }
 
   /** Decodes one CopyData payload; a malformed one closes the connection. */
@@ -858,28 +938,38 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
    * why); rejects when the connection fails — including when `handler`
    * throws: the connection is closed and the promise rejects with that error.
    * `pause()` / `resume()` stop and restart reading (back-pressure).
+   *
+   * `transientPayloads`: the handler promises to keep no XLogData payload
+   * view of a delivery marked `transient` after it returns (it copies what
+   * it keeps). A socket read of whole CopyData messages is then parsed in
+   * the connection's read buffer itself, which the next read overwrites,
+   * instead of being copied out first — the common case of a safekeeper's
+   * commit stream (one small XLogData per read) — and delivered with
+   * `transient` true. Every other delivery (and every delivery without the
+   * option) has `transient` false: its payload views stay valid as long as
+   * they are held.
    */
-  consume(handler: (ms: ServerReplicationMessage[], more: boolean) => void): Promise<void> {
+  consume(handler: (ms: ServerReplicationMessage[], more: boolean, transient: boolean) => void, opts: { transientPayloads?: boolean } = {}): Promise<void> {
     assert(!this.iterating && !this.batchReading, "ReplicationStream consumed twice");
     this.batchReading = true;
     return new Promise<void>((resolve, reject) => {
       /** A control message (CopyDone, ErrorResponse) arrived: leave push mode and end through readBatch's handling. */
       const finishAsync = () => {
         void (async () => {
-          for (let b = await this.readBatch(); b !== null; b = await this.readBatch()) handler(b, false);
+          for (let b = await this.readBatch(); b !== null; b = await this.readBatch()) handler(b, false, false);
         })().then(resolve, reject);
       };
-      const onRaw = (raw: BackendMessage[], more: boolean): void => {
+      const onRaw = (raw: BackendMessage[], more: boolean, transient: boolean): void => {
         const out: ServerReplicationMessage[] = [];
         const i = this.parseLeading(raw, out);
         if (i === raw.length) {
-          if (out.length > 0) handler(out, more);
+          if (out.length > 0) handler(out, more, transient);
           return;
         }
         this.client._push(null);
         this.client._unread(raw.slice(i));
         try {
-          if (out.length > 0) handler(out, false);
+          if (out.length > 0) handler(out, false, transient);
         } catch (e) {
           reject(e as Error);
           throw e; // the client's data callback fails the connection with it
@@ -887,10 +977,10 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
         finishAsync();
       };
       const initial = this.client._drain();
-      this.client._push({ messages: onRaw, failed: reject });
+      this.client._push({ messages: onRaw, failed: reject }, opts.transientPayloads ?? false);
       if (initial.length === 0 || this.client.closed) return;
       try {
-        onRaw(initial, false);
+        onRaw(initial, false, false);
       } catch (e) {
         const err = e instanceof Error ? e : new StrataError("internal", String(e));
         reject(err);

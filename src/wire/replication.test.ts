@@ -15,9 +15,12 @@ import {
   pgTimestamp,
   pgTimestampFromUnixMs,
   pgTimestampNow,
+  pgTimestampNowMicros,
   pgTimestampToUnixMs,
   serializeReplicationCopyData,
   serializeReplicationMessage,
+  serializeStatusUpdateCopyData,
+  STATUS_UPDATE_COPY_DATA_BYTES,
   type ClientReplicationMessage,
   type ServerReplicationMessage,
 } from "./replication.js";
@@ -130,4 +133,73 @@ test("serializeReplicationCopyData frames exactly like CopyData around serialize
     assert.deepEqual(framed, serializeFrontend({ kind: "CopyData", data: payload }), m.kind);
     assert.deepEqual(framed, serializeBackend({ kind: "CopyData", data: payload }), m.kind);
   }
+});
+
+/** 64-bit values around the 2^53 and 2^32 edges where the number and BigInt routes meet. */
+const EDGE_U64 = [0n, 1n, 0xffffffffn, 0x100000000n, (1n << 53n) - 1n, 1n << 53n, (1n << 53n) + 1n, (1n << 63n) - 1n, 1n << 63n, (1n << 64n) - 1n];
+const EDGE_I64 = [0n, 1n, -1n, -(1n << 32n), (1n << 32n) - 1n, -(1n << 53n) + 1n, -(1n << 53n), -(1n << 53n) - 1n, (1n << 53n) - 1n, 1n << 53n, (1n << 63n) - 1n, -(1n << 63n)];
+
+test("XLogData header fields read exactly on both sides of 2^53 (number and BigInt routes)", () => {
+  for (const v of EDGE_U64) {
+    for (const t of EDGE_I64) {
+      const m: ServerReplicationMessage = { kind: "XLogData", dataStart: lsn(v), walEnd: lsn(EDGE_U64[EDGE_U64.length - 1 - EDGE_U64.indexOf(v)]!), sendTime: pgTimestamp(t), data: Buffer.from([7]) };
+      const bytes = serializeReplicationMessage(m);
+      // The encoder is the BigInt one: the fast reader must agree with Buffer's own 64-bit reads.
+      assert.equal(bytes.readBigUInt64BE(1), v);
+      assert.deepEqual(parseServerReplicationMessage(bytes), m, `dataStart ${v} sendTime ${t}`);
+    }
+  }
+  // Exactly the header and no WAL: an empty data view, not an error.
+  const empty = serializeReplicationMessage({ kind: "XLogData", dataStart: lsn(8n), walEnd: lsn(8n), sendTime: pgTimestamp(0n), data: Buffer.alloc(0) });
+  const got = parseServerReplicationMessage(empty);
+  assert.equal(got.kind === "XLogData" && got.data.length, 0);
+  // One byte short of the header, at every cut: the reader names the field that does not fit.
+  for (let cut = 1; cut < XLOG_DATA_HEADER_BYTES; cut++) {
+    assert.throws(() => parseServerReplicationMessage(empty.subarray(0, cut), 7), violation(/XLogData message at stream offset 7: \w+ needs \d+ bytes/), `cut ${cut}`);
+  }
+});
+
+test("status update LSNs are written exactly on both sides of 2^53", () => {
+  for (const v of EDGE_U64) {
+    const m: ClientReplicationMessage = { kind: "StandbyStatusUpdate", writeLsn: lsn(v), flushLsn: lsn(v), applyLsn: lsn(0n), sendTime: ts, replyRequested: false };
+    const bytes = serializeReplicationMessage(m);
+    assert.equal(bytes.readBigUInt64BE(1), v);
+    assert.equal(bytes.readBigUInt64BE(9), v);
+    assert.deepEqual(parseClientReplicationMessage(bytes), m);
+  }
+});
+
+test("serializeStatusUpdateCopyData: the same bytes as the general serializer, round trips, refuses an inexact time", () => {
+  const times = [0, 1, -1, 784_111_222_333_444, -(2 ** 40) - 3, 2 ** 53 - 1, -(2 ** 53) + 1, 2 ** 32, -(2 ** 32)];
+  for (const v of EDGE_U64) {
+    for (const t of times) {
+      for (const reply of [false, true]) {
+        const write = lsn(v);
+        const flush = lsn(v === 0n ? 0n : v - 1n);
+        const framed = serializeStatusUpdateCopyData(write, flush, flush, t, reply);
+        assert.equal(framed.length, STATUS_UPDATE_COPY_DATA_BYTES);
+        const m: ClientReplicationMessage = { kind: "StandbyStatusUpdate", writeLsn: write, flushLsn: flush, applyLsn: flush, sendTime: pgTimestamp(BigInt(t)), replyRequested: reply };
+        assert.deepEqual(framed, serializeReplicationCopyData(m), `write ${v} time ${t}`);
+        // And through the framing parser back to the message.
+        const p = new FrontendParser();
+        p.push(serializeFrontend({ kind: "StartupMessage", protocolVersion: PROTOCOL_VERSION_3_0, parameters: new Map([["user", "u"]]) }));
+        p.push(framed);
+        assert.equal(p.next()?.kind, "StartupMessage");
+        const d = p.next();
+        assert.ok(d !== null && d.kind === "CopyData");
+        assert.deepEqual(parseClientReplicationMessage(d.data), m);
+      }
+    }
+  }
+  for (const bad of [0.5, 2 ** 53, -(2 ** 53), NaN, Infinity]) {
+    assert.throws(() => serializeStatusUpdateCopyData(lsn(1n), lsn(1n), lsn(1n), bad, false), (e: unknown) => e instanceof StrataError && e.code === "invalid_argument");
+  }
+});
+
+test("pgTimestampNowMicros is pgTimestampNow as a number", () => {
+  const a = pgTimestampNow();
+  const n = pgTimestampNowMicros();
+  const b = pgTimestampNow();
+  assert.ok(Number.isSafeInteger(n));
+  assert.ok(BigInt(n) >= a && BigInt(n) <= b, `${a} <= ${n} <= ${b}`);
 });

@@ -31,6 +31,14 @@
  * Timestamps are PostgreSQL's TimestampTz: signed microseconds since
  * 2000-01-01 00:00:00 UTC. Boolean bytes must be 0 or 1 (PostgreSQL only
  * sends those); anything else is a protocol violation, as is a wrong length.
+ *
+ * Hot path: a safekeeper receives an XLogData and sends a status update for
+ * every commit batch. Both are coded without BigInt arithmetic while the
+ * 64-bit values are below 2^53 (every real LSN and timestamp; exact as JS
+ * numbers): 64-bit fields are written and read as two 32-bit halves, and
+ * `serializeStatusUpdateCopyData` builds the framed status update straight
+ * from its fields (no message object, the timestamp as a number). Values
+ * at or above 2^53 take the BigInt route, so every 64-bit value round-trips.
  */
 
 import { MessageReader } from "./buffer.js";
@@ -55,6 +63,15 @@ export function pgTimestampFromUnixMs(unixMs: number): PgTimestamp {
 /** The current time as a PostgreSQL timestamp, with microsecond resolution. */
 export function pgTimestampNow(): PgTimestamp {
   return pgTimestampFromUnixMs(performance.timeOrigin + performance.now());
+}
+
+/**
+ * The current time as microseconds since PostgreSQL's epoch, as a number
+ * (exact: about 2^50 until the year 2285) — pgTimestampNow without a BigInt,
+ * for serializeStatusUpdateCopyData.
+ */
+export function pgTimestampNowMicros(): number {
+  return Math.round((performance.timeOrigin + performance.now() - PG_EPOCH_UNIX_MS) * 1000);
 }
 
 /** Converts a PostgreSQL timestamp to ms since the Unix epoch (sub-ms precision dropped). */
@@ -131,6 +148,44 @@ const PAGESERVER_FEEDBACK_BYTES = 33;
 /** CopyData framing: type byte 'd' and the Int32 length (which counts itself, not the type byte). */
 const COPY_DATA_HEADER_BYTES = 5;
 const COPY_DATA_TYPE = 0x64; // 'd'
+/** A standby status update framed as CopyData: what serializeStatusUpdateCopyData returns. */
+export const STATUS_UPDATE_COPY_DATA_BYTES = COPY_DATA_HEADER_BYTES + STATUS_UPDATE_BYTES;
+
+const TWO_POW_32 = 4294967296;
+/** Largest high half of a 64-bit value below 2^53 (read as a number exactly). */
+const MAX_SAFE_HIGH_HALF = 0x1fffff;
+
+/** Writes an unsigned 64-bit value big-endian at `at`: as two 32-bit halves when below 2^53, else through BigInt. */
+function writeU64(b: Buffer, v: bigint, at: number): void {
+  const n = Number(v);
+  if (n >= 0 && n <= Number.MAX_SAFE_INTEGER) {
+    b.writeUInt32BE(Math.floor(n / TWO_POW_32), at);
+    b.writeUInt32BE(n >>> 0, at + 4);
+  } else {
+    b.writeBigUInt64BE(v, at);
+  }
+}
+
+/** Writes a signed 64-bit integer given as a safe-integer number (two's complement, big-endian). */
+function writeI64Number(b: Buffer, n: number, at: number): void {
+  const hi = Math.floor(n / TWO_POW_32);
+  b.writeInt32BE(hi, at);
+  b.writeUInt32BE(n - hi * TWO_POW_32, at + 4);
+}
+
+/** Reads the unsigned 64-bit value at `at` (caller checked the bounds): one BigInt when below 2^53. */
+function readU64(b: Buffer, at: number): bigint {
+  const hi = b.readUInt32BE(at);
+  if (hi > MAX_SAFE_HIGH_HALF) return b.readBigUInt64BE(at);
+  return BigInt(hi * TWO_POW_32 + b.readUInt32BE(at + 4));
+}
+
+/** Reads the signed 64-bit value at `at` (caller checked the bounds): one BigInt when its magnitude is below 2^53. */
+function readI64(b: Buffer, at: number): bigint {
+  const hi = b.readInt32BE(at);
+  if (hi > MAX_SAFE_HIGH_HALF || hi < -MAX_SAFE_HIGH_HALF - 1) return b.readBigInt64BE(at);
+  return BigInt(hi * TWO_POW_32 + b.readUInt32BE(at + 4));
+}
 
 /** Byte length of a payload (without CopyData framing). */
 function payloadBytes(m: ServerReplicationMessage | ClientReplicationMessage): number {
@@ -166,9 +221,9 @@ function writePayload(m: ServerReplicationMessage | ClientReplicationMessage, b:
       return;
     case "StandbyStatusUpdate":
       b[at] = TAG_STATUS_UPDATE;
-      b.writeBigUInt64BE(m.writeLsn, at + 1);
-      b.writeBigUInt64BE(m.flushLsn, at + 9);
-      b.writeBigUInt64BE(m.applyLsn, at + 17);
+      writeU64(b, m.writeLsn, at + 1);
+      writeU64(b, m.flushLsn, at + 9);
+      writeU64(b, m.applyLsn, at + 17);
       b.writeBigInt64BE(m.sendTime, at + 25);
       b[at + 33] = m.replyRequested ? 1 : 0;
       return;
@@ -213,6 +268,27 @@ export function serializeReplicationCopyData(m: ServerReplicationMessage | Clien
   return b;
 }
 
+/**
+ * A standby status update framed as CopyData (STATUS_UPDATE_COPY_DATA_BYTES),
+ * built from its fields: the same bytes as `serializeReplicationCopyData({
+ * kind: "StandbyStatusUpdate", ... })` with `sendTimeMicros` as the
+ * timestamp (a safe integer, e.g. pgTimestampNowMicros()), without the
+ * message object or BigInt arithmetic. The safekeeper sends one per fsync.
+ */
+export function serializeStatusUpdateCopyData(writeLsn: Lsn, flushLsn: Lsn, applyLsn: Lsn, sendTimeMicros: number, replyRequested: boolean): Buffer {
+  if (!Number.isSafeInteger(sendTimeMicros)) throw new StrataError("invalid_argument", `Status update time ${sendTimeMicros} is not a safe integer of microseconds`);
+  const b = Buffer.allocUnsafe(STATUS_UPDATE_COPY_DATA_BYTES);
+  b[0] = COPY_DATA_TYPE;
+  b.writeInt32BE(4 + STATUS_UPDATE_BYTES, 1);
+  b[5] = TAG_STATUS_UPDATE;
+  writeU64(b, writeLsn, 6);
+  writeU64(b, flushLsn, 14);
+  writeU64(b, applyLsn, 22);
+  writeI64Number(b, sendTimeMicros, 30);
+  b[38] = replyRequested ? 1 : 0;
+  return b;
+}
+
 function reader(payload: Buffer, what: string, streamOffset: number): MessageReader {
   return new MessageReader(payload, { what, streamOffset });
 }
@@ -248,6 +324,17 @@ function tagError(side: string, payload: Buffer, streamOffset: number): StrataEr
 export function parseServerReplicationMessage(payload: Buffer, streamOffset = 0): ServerReplicationMessage {
   switch (payload[0]) {
     case TAG_XLOG_DATA: {
+      if (payload.length >= XLOG_DATA_HEADER_BYTES) {
+        // The common case, read in place (the bounds are checked just above).
+        return {
+          kind: "XLogData",
+          dataStart: readU64(payload, 1) as Lsn,
+          walEnd: readU64(payload, 9) as Lsn,
+          sendTime: readI64(payload, 17) as PgTimestamp,
+          data: payload.subarray(XLOG_DATA_HEADER_BYTES),
+        };
+      }
+      // Too short: the reader names the field that does not fit.
       const r = reader(payload, "XLogData", streamOffset);
       r.u8("tag");
       const dataStart = lsn(r.u64("dataStart"));
