@@ -664,6 +664,9 @@ export class Timeline implements DatadirReader, FastDatadirWriter {
     this.checkActive("flush");
     this.freezeOpenLayer();
     await this.flushFrozen(signal);
+    // The flushed in-memory layers are closed (their ephemeral files removed) asynchronously,
+    // after the last metadata write; a checkpoint leaves none behind unless reads still hold them.
+    await this.retiredClosed.catch(() => undefined);
   }
 
   private flushFrozen(signal?: AbortSignal): Promise<void> {
