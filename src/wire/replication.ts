@@ -62,7 +62,7 @@ export function pgTimestampFromUnixMs(unixMs: number): PgTimestamp {
 
 /** The current time as a PostgreSQL timestamp, with microsecond resolution. */
 export function pgTimestampNow(): PgTimestamp {
-  return pgTimestampFromUnixMs(performance.timeOrigin + performance.now());
+  return BigInt(pgTimestampNowMicros()) as PgTimestamp;
 }
 
 /**
@@ -150,6 +150,8 @@ const COPY_DATA_HEADER_BYTES = 5;
 const COPY_DATA_TYPE = 0x64; // 'd'
 /** A standby status update framed as CopyData: what serializeStatusUpdateCopyData returns. */
 export const STATUS_UPDATE_COPY_DATA_BYTES = COPY_DATA_HEADER_BYTES + STATUS_UPDATE_BYTES;
+/** Offset of a status update's send time in its payload (the caller writes it: BigInt or number). */
+const STATUS_UPDATE_TIME_OFFSET = 25;
 
 const TWO_POW_32 = 4294967296;
 /** Largest high half of a 64-bit value below 2^53 (read as a number exactly). */
@@ -220,12 +222,8 @@ function writePayload(m: ServerReplicationMessage | ClientReplicationMessage, b:
       b[at + 17] = m.replyRequested ? 1 : 0;
       return;
     case "StandbyStatusUpdate":
-      b[at] = TAG_STATUS_UPDATE;
-      writeU64(b, m.writeLsn, at + 1);
-      writeU64(b, m.flushLsn, at + 9);
-      writeU64(b, m.applyLsn, at + 17);
-      b.writeBigInt64BE(m.sendTime, at + 25);
-      b[at + 33] = m.replyRequested ? 1 : 0;
+      writeStatusUpdateFields(b, at, m.writeLsn, m.flushLsn, m.applyLsn, m.replyRequested);
+      b.writeBigInt64BE(m.sendTime, at + STATUS_UPDATE_TIME_OFFSET);
       return;
     case "HotStandbyFeedback":
       b[at] = TAG_HOT_STANDBY_FEEDBACK;
@@ -280,13 +278,18 @@ export function serializeStatusUpdateCopyData(writeLsn: Lsn, flushLsn: Lsn, appl
   const b = Buffer.allocUnsafe(STATUS_UPDATE_COPY_DATA_BYTES);
   b[0] = COPY_DATA_TYPE;
   b.writeInt32BE(4 + STATUS_UPDATE_BYTES, 1);
-  b[5] = TAG_STATUS_UPDATE;
-  writeU64(b, writeLsn, 6);
-  writeU64(b, flushLsn, 14);
-  writeU64(b, applyLsn, 22);
-  writeI64Number(b, sendTimeMicros, 30);
-  b[38] = replyRequested ? 1 : 0;
+  writeStatusUpdateFields(b, COPY_DATA_HEADER_BYTES, writeLsn, flushLsn, applyLsn, replyRequested);
+  writeI64Number(b, sendTimeMicros, COPY_DATA_HEADER_BYTES + STATUS_UPDATE_TIME_OFFSET);
   return b;
+}
+
+/** A status update's payload at `at`, all but its send time: tag, write/flush/apply LSNs, reply flag. */
+function writeStatusUpdateFields(b: Buffer, at: number, writeLsn: Lsn, flushLsn: Lsn, applyLsn: Lsn, replyRequested: boolean): void {
+  b[at] = TAG_STATUS_UPDATE;
+  writeU64(b, writeLsn, at + 1);
+  writeU64(b, flushLsn, at + 9);
+  writeU64(b, applyLsn, at + 17);
+  b[at + 33] = replyRequested ? 1 : 0;
 }
 
 function reader(payload: Buffer, what: string, streamOffset: number): MessageReader {
