@@ -2,7 +2,7 @@
  * Benchmark: what a strata safekeeper costs a committing PostgreSQL.
  *
  *   node dist/bench/safekeeper.js [--duration S] [--warmup S] [--clients N] [--scale N] [--rounds R] [--rate TPS]
- *                                 [--baseline-main PATH/dist/src/cli/main.js] [--baseline-node-args "FLAGS"]
+ *                                 [--baseline-main PATH/dist/src/cli/main.js] [--baseline-node-args "FLAGS"] [--baseline-wal-receiver node]
  *
  * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
  * load, synchronous_commit = on, in three set-ups on the same machine in one
@@ -20,6 +20,9 @@
  * `--baseline-main` adds (a0): the same as (a) with another build of strata
  * (e.g. the last commit, unpacked and built elsewhere), run in the same
  * rounds, so a change's effect is measured under the same machine load.
+ * `--baseline-wal-receiver node` runs (a0) with the commit loop in the
+ * safekeeper's own process instead of the native receiver (this build
+ * unless `--baseline-main` is given): the two loops under the same load.
  * `--baseline-node-args "FLAGS"` runs (a0) with extra node flags (e.g.
  * "--single-threaded-gc"; with this build unless `--baseline-main` is given):
  * a runtime setting measured the same way.
@@ -60,6 +63,7 @@ function strArg(name: string): string | undefined {
 }
 const BASELINE_MAIN = strArg("--baseline-main");
 const BASELINE_NODE_ARGS = strArg("--baseline-node-args")?.split(" ").filter((a) => a !== "");
+const BASELINE_WAL_RECEIVER = strArg("--baseline-wal-receiver");
 
 interface Result {
   mode: string;
@@ -77,13 +81,30 @@ interface Result {
 const CLOCK_TICKS_PER_SECOND = 100;
 
 /** utime and stime of a process, in seconds. */
+/**
+ * CPU seconds of process `pid` and all its descendants (the safekeeper's
+ * native WAL receiver is a child process): their own times, plus the times
+ * of children that exited and were waited for (cutime, cstime).
+ */
 async function cpuSeconds(pid: number): Promise<{ user: number; sys: number }> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  if (stat === "") return { user: 0, sys: 0 };
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return { user: Number(fields[11]) / CLOCK_TICKS_PER_SECOND, sys: Number(fields[12]) / CLOCK_TICKS_PER_SECOND };
+  let user = (Number(fields[11]) + Number(fields[13])) / CLOCK_TICKS_PER_SECOND;
+  let sys = (Number(fields[12]) + Number(fields[14])) / CLOCK_TICKS_PER_SECOND;
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  for (const tid of tasks) {
+    const children = (await readFile(`/proc/${pid}/task/${tid}/children`, "utf8").catch(() => "")).trim();
+    for (const c of children === "" ? [] : children.split(" ")) {
+      const sub = await cpuSeconds(Number(c));
+      user += sub.user;
+      sys += sub.sys;
+    }
+  }
+  return { user, sys };
 }
 
-/** Runs `fn` and adds the CPU time process `pid` used meanwhile. */
+/** Runs `fn` and adds the CPU time process `pid` (and its descendants) used meanwhile. */
 async function withCpu(pid: number | undefined, fn: () => Promise<Result>): Promise<Result> {
   if (pid === undefined) return await fn();
   const before = await cpuSeconds(pid);
@@ -158,13 +179,21 @@ async function waitSync(pg: PgServer, app: string): Promise<void> {
   await waitFor(`${app} to be the synchronous standby`, async () => (await pg.sql(`SELECT count(*) FROM pg_stat_replication WHERE application_name = '${app}' AND sync_state = 'sync'`)) === "1", 30_000, 100);
 }
 
-async function runStrata(pg: PgServer, mode = "a: strata safekeeper", mainJs?: string, nodeArgs?: string[]): Promise<Result> {
+async function runStrata(pg: PgServer, mode = "a: strata safekeeper", mainJs?: string, nodeArgs?: string[], walReceiver?: string): Promise<Result> {
   const dataDir = await makeTempDir("bench-sk");
   const pgPort = await freePort();
   const httpPort = await freePort();
   let child: ChildSafekeeper | undefined;
   try {
-    child = await startChild({ id: 1, dataDir, pgPort, httpPort, ...(mainJs !== undefined ? { mainJs } : {}), ...(nodeArgs !== undefined ? { nodeArgs } : {}) });
+    child = await startChild({
+      id: 1,
+      dataDir,
+      pgPort,
+      httpPort,
+      ...(mainJs !== undefined ? { mainJs } : {}),
+      ...(nodeArgs !== undefined ? { nodeArgs } : {}),
+      ...(walReceiver !== undefined ? { extraArgs: ["--wal-receiver", walReceiver] } : {}),
+    });
     const r = await http(httpPort, "PUT", `/v1/tenant/${generateTenantId()}/timeline/${generateTimelineId()}/compute`, { connstr: pg.connString(), term: 1 });
     if (r.status !== 201) throw new Error(`register: ${r.status} ${r.text}`);
     await setSyncNames(pg, "sk_1");
@@ -227,8 +256,9 @@ async function main(): Promise<void> {
     const rounds: Result[][] = [];
     const baseline: Result[] = [];
     for (let i = 0; i < ROUNDS; i++) {
-      if (BASELINE_MAIN !== undefined || BASELINE_NODE_ARGS !== undefined) {
-        const a0 = await runStrata(pg, "a0: strata safekeeper (baseline)", BASELINE_MAIN, BASELINE_NODE_ARGS);
+      if (BASELINE_MAIN !== undefined || BASELINE_NODE_ARGS !== undefined || BASELINE_WAL_RECEIVER !== undefined) {
+        const label = BASELINE_WAL_RECEIVER !== undefined ? `a0: strata safekeeper (--wal-receiver ${BASELINE_WAL_RECEIVER})` : "a0: strata safekeeper (baseline)";
+        const a0 = await runStrata(pg, label, BASELINE_MAIN, BASELINE_NODE_ARGS, BASELINE_WAL_RECEIVER);
         console.log(fmt(a0));
         baseline.push(a0);
       }

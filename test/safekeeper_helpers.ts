@@ -28,9 +28,16 @@ export function newIds(): TimelineIds {
 }
 
 /** An in-process safekeeper on free ports (logs to stderr at warn unless STRATA_TEST_LOG is set). */
-export async function startInProcess(opts: { id?: number; dataDir?: string; password?: string } = {}): Promise<Safekeeper> {
+export async function startInProcess(opts: { id?: number; dataDir?: string; password?: string; walReceiver?: "native" | "node" } = {}): Promise<Safekeeper> {
   const dataDir = opts.dataDir ?? (await makeTempDir("sk"));
-  const config = buildConfig({ id: opts.id ?? 1, datadir: dataDir, pgPort: 0, httpPort: 0, ...(opts.password ? { password: opts.password } : {}) });
+  const config = buildConfig({
+    id: opts.id ?? 1,
+    datadir: dataDir,
+    pgPort: 0,
+    httpPort: 0,
+    ...(opts.password ? { password: opts.password } : {}),
+    ...(opts.walReceiver !== undefined ? { walReceiver: opts.walReceiver } : {}),
+  });
   const log = createLogger({ component: "safekeeper-test", level: process.env.STRATA_TEST_LOG ?? "warn" });
   return await Safekeeper.start({ config, log, registry: createRegistry({ defaultMetrics: false }) });
 }
@@ -197,11 +204,11 @@ export async function startStrataChild(opts: { command: string; args: string[]; 
 }
 
 /** `strata safekeeper` as a child process (see startStrataChild). */
-export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string; nodeArgs?: string[] }): Promise<ChildSafekeeper> {
+export async function startChild(args: { id: number; dataDir: string; pgPort: number; httpPort: number; mainJs?: string; nodeArgs?: string[]; extraArgs?: string[] }): Promise<ChildSafekeeper> {
   await mkdir(args.dataDir, { recursive: true });
   return await startStrataChild({
     command: "safekeeper",
-    args: ["--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort)],
+    args: ["--id", String(args.id), "--datadir", args.dataDir, "--pg-port", String(args.pgPort), "--http-port", String(args.httpPort), ...(args.extraArgs ?? [])],
     httpPort: args.httpPort,
     ...(args.mainJs !== undefined ? { mainJs: args.mainJs } : {}),
     ...(args.nodeArgs !== undefined ? { nodeArgs: args.nodeArgs } : {}),

@@ -209,9 +209,9 @@ test("storage unreachable: uploads fail with logged errors, nothing is removed, 
     assert.equal(await tl.removeOldWal(), 0, "nothing removed while storage is down");
     assert.equal(tl.oldestLsn, startLsn);
     // The service goes on: commits return and the WAL keeps flowing.
-    const before = tl.flushLsn;
+    const before = await timelineLsn(sk.httpPort, ids, "flush_lsn");
     await pg.sql("INSERT INTO d SELECT g, 'down' FROM generate_series(1, 1000) g", { timeoutMs: 30_000 });
-    assert.ok(tl.flushLsn > before);
+    assert.ok((await timelineLsn(sk.httpPort, ids, "flush_lsn")) > before, "the commit's WAL is flushed here");
     console.log(`storage down: ${logs.filter((l) => l.includes("WAL segment upload failed")).length} logged failures (${failure.err.slice(0, 120)}), backup_lsn stays ${formatLsn(startLsn)}, nothing removed`);
 
     // Storage reachable again (a restart with a live endpoint): the backup resumes from the stored backup_lsn.

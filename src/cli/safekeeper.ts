@@ -29,6 +29,7 @@ interface Flags {
   config?: string;
   logLevel?: string;
   walFsync?: string;
+  walReceiver?: string;
   remoteStorage?: string;
 }
 
@@ -46,6 +47,7 @@ export function register(program: Command): void {
     .option("--config <file>", "TOML configuration file (flags override it)")
     .option("--log-level <level>", "log level (trace, debug, info, warn, error)")
     .option("--wal-fsync <mode>", "inline (default: lowest commit latency) or background (many busy timelines)")
+    .option("--wal-receiver <mode>", "native (default: the C commit loop, walreceiver/) or node (the commit loop in this process)")
     .option("--remote-storage <url>", "offload finished WAL segments to file:///path, s3://bucket/prefix?... or azure://container/prefix?... (under wal/<tenant>/<timeline>/)")
     .addHelpText(
       "after",
@@ -75,6 +77,7 @@ Stream WAL from it (pg_receivewal, a hot standby's primary_conninfo, a pageserve
             password: flags.password,
             logLevel: flags.logLevel,
             walFsync: flags.walFsync,
+            walReceiver: flags.walReceiver,
             remoteStorage: flags.remoteStorage,
           },
           toml,

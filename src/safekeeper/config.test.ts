@@ -29,6 +29,21 @@ test("config: flags over TOML, defaults, precise errors", () => {
   assert.equal(c.walFsync, "inline");
   assert.equal(buildConfig({ id: 1, datadir: "/x", walFsync: "background" }).walFsync, "background");
   assert.throws(() => buildConfig({ id: 1, datadir: "/x", walFsync: "never" }), /Invalid wal_fsync "never"/);
+  const saved = process.env.STRATA_WAL_RECEIVER;
+  try {
+    delete process.env.STRATA_WAL_RECEIVER;
+    assert.equal(c.walReceiver, saved ?? "native");
+    assert.equal(buildConfig({ id: 1, datadir: "/x" }).walReceiver, "native");
+    assert.equal(buildConfig({ id: 1, datadir: "/x", walReceiver: "node" }).walReceiver, "node");
+    assert.equal(buildConfig({}, { id: 1, datadir: "/x", wal_receiver: "node" }).walReceiver, "node");
+    process.env.STRATA_WAL_RECEIVER = "node";
+    assert.equal(buildConfig({ id: 1, datadir: "/x" }).walReceiver, "node");
+    assert.equal(buildConfig({ id: 1, datadir: "/x", walReceiver: "native" }).walReceiver, "native", "the flag wins over the environment");
+    assert.throws(() => buildConfig({ id: 1, datadir: "/x", walReceiver: "rust" }), /Invalid wal_receiver "rust": expected "native" or "node"/);
+  } finally {
+    if (saved === undefined) delete process.env.STRATA_WAL_RECEIVER;
+    else process.env.STRATA_WAL_RECEIVER = saved;
+  }
 });
 
 test("config: remote_storage as a flag URL, a TOML URL or a TOML table (parsed by remote_storage/config.ts); bad ones refused", () => {

@@ -16,6 +16,9 @@
  *   wal_fsync = "inline"            # "inline": fsync on the event loop (lowest commit latency, like
  *                                   # pg_receivewal); "background": on the thread pool, so fsyncs of
  *                                   # many busy timelines overlap (see inline_fs.ts)
+ *   wal_receiver = "native"         # "native": each compute's commit loop runs in the C receiver
+ *                                   # (walreceiver/, docs/safekeeper-native-receiver.md); "node": in
+ *                                   # this process (also STRATA_WAL_RECEIVER; flag --wal-receiver)
  *   remote_storage = "s3://bucket/prefix?endpoint=...&force_path_style=true"
  *                                   # WAL offload (wal_backup.ts): a URL, or a [remote_storage] table,
  *                                   # as in docs/remote-storage.md; segments go to wal/<tenant>/<timeline>/
@@ -55,9 +58,17 @@ export interface SafekeeperConfig {
    * process start, which every safekeeper without remote storage is spared).
    */
   readonly remoteStorage: string | Readonly<Record<string, unknown>> | undefined;
+  /**
+   * What runs the commit loop of a compute's WAL stream: "native" (default)
+   * the C receiver process (walreceiver/, native_receiver.ts), "node" this
+   * process's own acceptor loop. Native falls back to node when the binary
+   * was not built.
+   */
+  readonly walReceiver: WalReceiverMode;
 }
 
 export type WalFsyncMode = "inline" | "background";
+export type WalReceiverMode = "native" | "node";
 
 export const DEFAULT_LISTEN_HOST = "127.0.0.1";
 export const DEFAULT_PG_PORT = 5454;
@@ -76,6 +87,7 @@ export interface SafekeeperConfigInput {
   password?: string;
   logLevel?: string;
   walFsync?: string;
+  walReceiver?: string;
   /** A remote storage URL (file://, s3://, azure://). */
   remoteStorage?: string;
 }
@@ -104,7 +116,7 @@ export function parsePeer(text: string): PeerConfig {
 
 /** Merges flags over a TOML document and validates the result. */
 export function buildConfig(flags: SafekeeperConfigInput, toml: Record<string, unknown> = {}): SafekeeperConfig {
-  const known = new Set(["id", "datadir", "listen_host", "pg_port", "http_port", "peers", "password", "log_level", "wal_fsync", "remote_storage"]);
+  const known = new Set(["id", "datadir", "listen_host", "pg_port", "http_port", "peers", "password", "log_level", "wal_fsync", "wal_receiver", "remote_storage"]);
   for (const k of Object.keys(toml)) if (!known.has(k)) throw bad(`Unknown configuration key ${JSON.stringify(k)}`);
   const pick = <T>(flag: T | undefined, key: string): unknown => (flag !== undefined ? flag : toml[key]);
   const str = (v: unknown, name: string): string | undefined => {
@@ -136,6 +148,8 @@ export function buildConfig(flags: SafekeeperConfigInput, toml: Record<string, u
   }
   const walFsync = str(pick(flags.walFsync, "wal_fsync"), "wal_fsync") ?? "inline";
   if (walFsync !== "inline" && walFsync !== "background") throw bad(`Invalid wal_fsync ${JSON.stringify(walFsync)}: expected "inline" or "background"`);
+  const walReceiver = str(pick(flags.walReceiver, "wal_receiver"), "wal_receiver") ?? process.env.STRATA_WAL_RECEIVER ?? "native";
+  if (walReceiver !== "native" && walReceiver !== "node") throw bad(`Invalid wal_receiver ${JSON.stringify(walReceiver)}: expected "native" or "node"`);
   const remoteRaw = pick(flags.remoteStorage, "remote_storage");
   let remoteStorage: string | Readonly<Record<string, unknown>> | undefined;
   if (typeof remoteRaw === "string") {
@@ -159,6 +173,7 @@ export function buildConfig(flags: SafekeeperConfigInput, toml: Record<string, u
     logLevel: str(pick(flags.logLevel, "log_level"), "log_level") ?? "info",
     walFsync,
     remoteStorage,
+    walReceiver,
   };
 }
 

@@ -182,10 +182,9 @@ export function buildHttpApi(sk: Safekeeper): FastifyInstance {
 
   app.get("/v1/tenant/:tenant/timeline", async (req) => {
     const { tenantId } = ids(req.params);
-    return sk
-      .listTimelines()
-      .filter((t) => t.tenantId === tenantId)
-      .map((t) => timelineStateJson(t.getState()));
+    const tls = sk.listTimelines().filter((t) => t.tenantId === tenantId);
+    await Promise.all(tls.map((t) => t.refreshExternal()));
+    return tls.map((t) => timelineStateJson(t.getState()));
   });
 
   app.post("/v1/tenant/:tenant/timeline", async (req, reply) => {
@@ -208,7 +207,9 @@ export function buildHttpApi(sk: Safekeeper): FastifyInstance {
 
   app.get("/v1/tenant/:tenant/timeline/:timeline", async (req) => {
     const { tenantId, timelineId } = ids(req.params);
-    return timelineStateJson(sk.getTimeline(tenantId, timelineId!).getState());
+    const tl = sk.getTimeline(tenantId, timelineId!);
+    await tl.refreshExternal();
+    return timelineStateJson(tl.getState());
   });
 
   app.put("/v1/tenant/:tenant/timeline/:timeline/compute", async (req, reply) => {

@@ -67,6 +67,25 @@ export class FlushLatencyHistogram {
     this.count++;
   }
 
+  /** The buckets' upper bounds in seconds (what a writer in another process counts by). */
+  get bucketBounds(): readonly number[] {
+    return this.upperBounds;
+  }
+
+  /**
+   * Observations counted elsewhere (the native WAL receiver): `counts[i]`
+   * new observations in bucket i (not cumulative; one more slot than
+   * bounds, for those above every bound), summing to `sum` seconds.
+   */
+  addCounts(counts: readonly number[], sum: number): void {
+    if (counts.length !== this.counts.length) throw new Error(`assertion failed: histogram ${this.name} got ${counts.length} bucket counts, has ${this.counts.length}`);
+    for (let i = 0; i < counts.length; i++) {
+      this.counts[i]! += counts[i]!;
+      this.count += counts[i]!;
+    }
+    this.sum += sum;
+  }
+
   reset(): void {
     this.counts.fill(0);
     this.sum = 0;

@@ -53,6 +53,7 @@ import { Timeline, type ComputeRegistration, type TimelineCreateParams } from ".
 import { TimelineStore } from "./timeline_dir.js";
 import { CONNECT_TIMEOUT_MS, parseConnString, probeCompute, runWalAcceptor, timelineStartFor } from "./wal_acceptor.js";
 import { WalService } from "./wal_service.js";
+import { DEFAULT_WAL_RECEIVER_BIN, nativeReceiverAvailable } from "./native_receiver.js";
 import type { Lsn } from "../lib/lsn.js";
 import type { RemoteStorage } from "../remote_storage/remote_storage.js";
 import { fetchRemoteSegment, runWalBackup } from "./wal_backup.js";
@@ -94,6 +95,8 @@ export class Safekeeper {
   readonly metrics: SafekeeperMetrics;
   readonly tasks: TaskManager;
   readonly fs: DurableFS;
+  /** The native receiver binary the WAL acceptors run, or undefined: the commit loop runs in this process. */
+  readonly nativeReceiverBin: string | undefined;
   private readonly timelines = new Map<string, Timeline>();
   private readonly creating = new Map<string, Promise<Timeline>>();
   private readonly acceptors = new Map<string, { cancel: () => void; done: Promise<void>; term: Term }>();
@@ -111,6 +114,12 @@ export class Safekeeper {
     this.metrics = new SafekeeperMetrics(this.registry);
     this.tasks = new TaskManager(this.log);
     this.fs = opts.fs ?? new InlineIoFS({ inlineFsync: opts.config.walFsync === "inline" });
+    // The native receiver writes segment files itself: only over the real file system (a test's
+    // fault-injecting DurableFS keeps the commit loop here), and only when it was built.
+    if (opts.config.walReceiver === "native" && opts.fs === undefined) {
+      if (nativeReceiverAvailable()) this.nativeReceiverBin = DEFAULT_WAL_RECEIVER_BIN;
+      else this.log.warn({ bin: DEFAULT_WAL_RECEIVER_BIN }, "the native WAL receiver is not built (make -C walreceiver); the commit loop runs in this process");
+    }
     this.extensions = opts.extensions ?? [];
     this.remoteStorage = opts.remoteStorage;
   }
@@ -294,7 +303,10 @@ export class Safekeeper {
     const task = this.tasks.spawn("wal_acceptor", { tenantId: tl.tenantId, timelineId: tl.timelineId, name: `wal_acceptor ${k} term ${reg.term}` }, async (signal) => {
       await gate; // the previous connection is gone before the new one starts
       if (signal.aborted) return;
-      await runWalAcceptor({ timeline: tl, registration: reg, safekeeperId: this.config.id, log: this.log }, signal);
+      await runWalAcceptor(
+        { timeline: tl, registration: reg, safekeeperId: this.config.id, log: this.log, ...(this.nativeReceiverBin !== undefined ? { nativeReceiverBin: this.nativeReceiverBin } : {}) },
+        signal,
+      );
     });
     const entry = { cancel: task.cancel, done: task.done, term: reg.term };
     this.acceptors.set(k, entry);

@@ -72,6 +72,8 @@ import { isNotFound, writeFileAtomic, type DurableFS } from "./durable_fs.js";
 import type { SafekeeperMetrics } from "./metrics.js";
 import { appendTerm, checkTermHistory, formatTermHistory, historyUpTo, INVALID_TERM, lastLogTerm, lastTerm, term as toTerm, type Term, type TermHistory } from "./term_history.js";
 import { TimelineStore, timelineDirPath } from "./timeline_dir.js";
+import type { ReceiverEnd, ReceiverProgress } from "./native_receiver.js";
+import type { ExternalSegment } from "./wal_storage.js";
 import { TermRefusedError, type AcceptorSnapshot, type ConsensusTimeline, type VoteResult } from "./consensus/acceptor_state.js";
 
 /** File next to the control file holding the registered compute (JSON). */
@@ -206,6 +208,34 @@ class AsyncMutex {
 
 let nextConsumerId = 1;
 
+/**
+ * A writer in another process appending the compute's WAL to the open
+ * partial segment (the native receiver; wal_acceptor.ts drives it). While
+ * one is attached, each critical section that reads or changes WAL state
+ * suspends it first (and adopts what it wrote), and resumes it afterwards —
+ * or stops it for good when the section moved the term past the writer's
+ * compute, or is about to write or truncate WAL itself.
+ */
+export interface ExternalWalWriter {
+  /** Stops appending after its current cycle; resolves with its progress then. */
+  suspend(): Promise<ReceiverProgress>;
+  /** Appends again after `suspend`, into `segment` (the next one once a segment filled up). */
+  resume(segment: ExternalSegment): void;
+  /** Reports progress promptly once its flush LSN passes `lsn` (a WAL sender waits). */
+  wantProgress(lsn: Lsn): void;
+  /** Its progress right now (without pausing it). */
+  progressNow(): Promise<ReceiverProgress>;
+  /** Ends it (after its current cycle); resolves with how it ended. */
+  stop(): Promise<ReceiverEnd>;
+}
+
+interface AttachedWriter {
+  readonly term: Term;
+  readonly writer: ExternalWalWriter;
+  /** Its last progress counted into the metrics (its figures are totals). */
+  seen: ReceiverProgress;
+}
+
 export class Timeline implements ConsensusTimeline {
   readonly tenantId: TenantId;
   readonly timelineId: TimelineId;
@@ -230,6 +260,10 @@ export class Timeline implements ConsensusTimeline {
   private lastPersistMs = 0;
   private persisting: Promise<void> | undefined;
   private closed = false;
+  /** The native receiver appending the compute's WAL, if one is attached. */
+  private external: AttachedWriter | undefined;
+  /** The flush LSN a progress report was last asked for (one request per position). */
+  private progressWanted: Lsn | undefined;
   /** The last segment downloaded from remote storage for a consumer (one per timeline: 16 MiB). */
   private remoteSegment: { segNo: bigint; bytes: Promise<Uint8Array> } | undefined;
 
@@ -353,6 +387,10 @@ export class Timeline implements ConsensusTimeline {
   readCompleteSegment(segNo: bigint): Promise<Uint8Array> {
     return this.store.wal.readCompleteSegment(segNo);
   }
+  /** The WAL flush latency histogram's bounds (seconds), for a writer in another process to count by. */
+  get fsyncBucketBounds(): readonly number[] {
+    return this.opts.metrics.fsyncSeconds.bucketBounds;
+  }
   get commitLsn(): Lsn {
     return this.commit;
   }
@@ -403,7 +441,7 @@ export class Timeline implements ConsensusTimeline {
    * refused with StaleTermError; the same term is a no-op. Returns the term.
    */
   bumpTerm(t: Term): Promise<Term> {
-    return this.mutex.run(async () => {
+    return this.exclusive(false, async () => {
       this.checkOpen();
       if (t < this.term) throw this.stale(t, "bump the term");
       if (t > this.term) await this.persistTerm(t);
@@ -411,7 +449,14 @@ export class Timeline implements ConsensusTimeline {
     });
   }
 
-  /** The consensus-relevant state, read under the mutex (no append in between). */
+  /**
+   * The consensus-relevant state, read under the mutex (no truncation or
+   * term change in between). A native receiver attached keeps appending
+   * meanwhile — peers poll this ten times a second, and pausing the commit
+   * loop for each poll would stall commits — so the flush LSN may trail its
+   * fsyncs by up to its report interval: a lower flush LSN is always a safe
+   * report (commit_lsn.ts); a vote suspends the receiver and is exact.
+   */
   snapshot(): Promise<AcceptorSnapshot> {
     return this.mutex.run(() => Promise.resolve(this.snapshotNow()));
   }
@@ -434,7 +479,7 @@ export class Timeline implements ConsensusTimeline {
    * critical section: no WAL of an older term is appended after it.
    */
   vote(t: Term): Promise<VoteResult> {
-    return this.mutex.run(async () => {
+    return this.exclusive(false, async () => {
       this.checkOpen();
       const granted = t > this.term;
       if (granted) {
@@ -457,7 +502,7 @@ export class Timeline implements ConsensusTimeline {
    * committed WAL.
    */
   truncateAndSetHistory(t: Term, history: TermHistory, truncateLsn: Lsn): Promise<void> {
-    return this.mutex.run(async () => {
+    return this.exclusive(true, async () => {
       this.checkOpen();
       if (t < this.term) throw this.stale(t, "set the term history");
       checkTermHistory(history, "invalid_argument", `Term history for ${this.tenantId}/${this.timelineId}`);
@@ -487,7 +532,7 @@ export class Timeline implements ConsensusTimeline {
    * Returns where streaming from the compute must begin (the write LSN).
    */
   beginComputeTerm(computeTerm: Term, startLsn: Lsn | undefined): Promise<Lsn> {
-    return this.mutex.run(async () => {
+    return this.exclusive(true, async () => {
       this.checkOpen();
       if (computeTerm !== this.term) throw this.stale(computeTerm, "stream WAL");
       // Anything written but not flushed (an earlier connection) is made durable first: streaming resumes after it.
@@ -586,7 +631,9 @@ export class Timeline implements ConsensusTimeline {
       };
       const check = () => {
         if (this.commit > after) done();
+        else this.wantProgress();
       };
+      this.wantProgress();
       const timer = setTimeout(done, timeoutMs);
       this.events.on("commit", check);
       this.events.once("closed", done);
@@ -612,7 +659,7 @@ export class Timeline implements ConsensusTimeline {
    * Not durable until `flush`.
    */
   appendWalFromCompute(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Promise<void> {
-    return this.mutex.run(async () => {
+    return this.exclusive(true, async () => {
       this.checkOpen();
       this.checkComputeMayAppend(computeTerm);
       await this.writeLocked(startLsn, bytes);
@@ -625,7 +672,7 @@ export class Timeline implements ConsensusTimeline {
    * the flush LSN.
    */
   appendAndFlushFromCompute(computeTerm: Term, startLsn: Lsn, bytes: Uint8Array): Promise<Lsn> {
-    return this.mutex.run(async () => {
+    return this.exclusive(true, async () => {
       this.checkOpen();
       this.checkComputeMayAppend(computeTerm);
       await this.writeLocked(startLsn, bytes);
@@ -667,7 +714,7 @@ export class Timeline implements ConsensusTimeline {
    * durable; returns the flush LSN. Refused once a term above `t` was promised.
    */
   appendWalFromPeer(t: Term, startLsn: Lsn, bytes: Uint8Array): Promise<Lsn> {
-    return this.mutex.run(async () => {
+    return this.exclusive(true, async () => {
       this.checkOpen();
       if (t < this.term) throw this.stale(t, "append WAL from a peer");
       await this.writeLocked(startLsn, bytes);
@@ -718,7 +765,7 @@ export class Timeline implements ConsensusTimeline {
 
   /** fsyncs everything written; returns the flush LSN. Advances solo commit and wakes waiters. */
   flush(): Promise<Lsn> {
-    return this.mutex.run(async () => {
+    return this.exclusive(false, async () => {
       this.checkOpen();
       return await this.flushLocked();
     });
@@ -736,7 +783,13 @@ export class Timeline implements ConsensusTimeline {
   private flushed(before: Lsn, l: Lsn, t0: number, t1 = performance.now()): void {
     this.opts.metrics.fsyncSeconds.observe((t1 - t0) / 1000);
     this.fsyncs++;
+    this.advanced(before, l);
+  }
+
+  /** The flush LSN moved from `before` to `l`: wake waiters, solo commit, lazy progress store. */
+  private advanced(before: Lsn, l: Lsn): void {
     if (l !== before) {
+      this.progressWanted = undefined;
       this.events.emit("flush", l);
       if (this.opts.soloCommit) this.advanceSoloCommit();
       this.maybePersistProgress();
@@ -813,13 +866,173 @@ export class Timeline implements ConsensusTimeline {
       };
       const check = () => {
         if (this.servableLsn > after) done();
+        else this.wantProgress();
       };
+      this.wantProgress();
       const timer = setTimeout(done, timeoutMs);
       this.events.on("commit", check);
       this.events.on("flush", check);
       this.events.once("closed", done);
       signal?.addEventListener("abort", done, { once: true });
     });
+  }
+
+  // -------------------------------------------------------------------------
+  // The native receiver (an external WAL writer)
+  // -------------------------------------------------------------------------
+
+  /**
+   * Attaches a writer in another process for the compute of `computeTerm`
+   * (same fencing checks as appendWalFromCompute): the segment holding the
+   * write LSN is prepared (WalStorage.beginExternalWrite) and `start`
+   * launches the writer on it. The writer appends until a critical section
+   * suspends or stops it, or it ends (`externalWriterEnded`).
+   */
+  attachExternalWriter(computeTerm: Term, start: (segment: ExternalSegment) => ExternalWalWriter): Promise<ExternalSegment> {
+    return this.exclusive(true, async () => {
+      this.checkOpen();
+      this.checkComputeMayAppend(computeTerm);
+      const wal = this.store.wal;
+      const segment = await wal.beginExternalWrite();
+      let writer: ExternalWalWriter;
+      try {
+        writer = start(segment);
+      } catch (e) {
+        await wal.endExternalWrite(segment.writeLsn, false);
+        throw e;
+      }
+      this.external = { term: computeTerm, writer, seen: emptyProgress(this.opts.metrics.fsyncSeconds.bucketBounds.length) };
+      return segment;
+    });
+  }
+
+  /** Progress `writer` reported: its WAL up to the flush LSN is adopted (record tracking, segment completion) and announced. */
+  async externalProgress(writer: ExternalWalWriter, p: ReceiverProgress): Promise<void> {
+    const ext = this.external;
+    if (ext?.writer !== writer) return;
+    await this.adoptExternal(ext, p);
+  }
+
+  /**
+   * With a native receiver attached, takes in its progress right now (one
+   * report round trip, the commit loop is not paused): for status reads
+   * that must not trail the commits (HTTP timeline status).
+   */
+  async refreshExternal(): Promise<void> {
+    const ext = this.external;
+    if (ext === undefined) return;
+    const p = await ext.writer.progressNow();
+    if (this.external === ext) await this.adoptExternal(ext, p);
+  }
+
+  /** `writer` ended (its process exited): detaches it, adopting its last reported WAL. */
+  externalWriterEnded(writer: ExternalWalWriter): Promise<void> {
+    return this.mutex.run(async () => {
+      const ext = this.external;
+      if (ext?.writer === writer) await this.detachExternalLocked(ext);
+    });
+  }
+
+  /** A writer stopped at a segment's end: complete that segment and resume it on the next (a critical section does both). */
+  continueExternalWriter(writer: ExternalWalWriter): Promise<void> {
+    return this.exclusive(false, async () => {
+      if (this.external?.writer !== writer) return;
+    });
+  }
+
+  private async adoptExternal(ext: AttachedWriter, p: ReceiverProgress): Promise<void> {
+    this.countExternal(ext, p);
+    const before = this.flushLsn;
+    const l = await this.store.wal.adoptExternalWrite(p.flushLsn);
+    this.advanced(before, l);
+  }
+
+  /** Adds what the writer did since its last report to the metrics (its figures are totals). */
+  private countExternal(ext: AttachedWriter, p: ReceiverProgress): void {
+    const seen = ext.seen;
+    if (p.fsyncs <= seen.fsyncs && p.bytesWritten <= seen.bytesWritten) return;
+    const m = this.opts.metrics.fsyncSeconds;
+    if (p.bucketCounts.length === seen.bucketCounts.length) {
+      m.addCounts(
+        p.bucketCounts.map((c, i) => c - seen.bucketCounts[i]!),
+        p.fsyncSeconds - seen.fsyncSeconds,
+      );
+    }
+    this.fsyncs += p.fsyncs - seen.fsyncs;
+    this.walReceivedBytes += p.bytesWritten - seen.bytesWritten;
+    ext.seen = p;
+  }
+
+  /** Stops the writer, adopts its final WAL and ends the storage's external write. Under the mutex. */
+  private async detachExternalLocked(ext: AttachedWriter): Promise<void> {
+    const end = await ext.writer.stop();
+    this.external = undefined;
+    this.progressWanted = undefined;
+    this.countExternal(ext, end.progress);
+    const wal = this.store.wal;
+    if (end.reason === "io") wal.failExternalWrite(new Error(end.detail.toString("utf8")));
+    const before = this.flushLsn;
+    // A receiver that died without its final report may have written (even fsynced) past what it
+    // reported: that tail is zeroed; the compute resends it from the flush LSN.
+    const l = await wal.endExternalWrite(end.progress.flushLsn, end.reason === "crashed");
+    this.advanced(before, l);
+    this.log.info({ reason: end.reason, flush_lsn: formatLsn(l) }, "WAL receiver detached");
+  }
+
+  /** A WAL sender waits: ask the external writer, if any, to report its next flush promptly. */
+  private wantProgress(): void {
+    const ext = this.external;
+    if (ext === undefined) return;
+    const at = this.flushLsn;
+    if (this.progressWanted === at) return;
+    this.progressWanted = at;
+    ext.writer.wantProgress(at);
+  }
+
+  /**
+   * The timeline's critical section. With an external writer attached, it
+   * is suspended first (its WAL adopted) and resumed afterwards; it is
+   * stopped and detached instead when `writesWal` (the section writes or
+   * truncates WAL itself) or when its compute's term is no longer the
+   * timeline's (fencing: after a term change it never appends again).
+   */
+  private exclusive<T>(writesWal: boolean, fn: () => Promise<T>): Promise<T> {
+    return this.mutex.run(async () => {
+      const ext = this.external;
+      if (ext === undefined) return await fn();
+      if (writesWal || !this.externalMayAppend(ext)) {
+        await this.detachExternalLocked(ext);
+        return await fn();
+      }
+      try {
+        await this.adoptExternal(ext, await ext.writer.suspend());
+      } catch (e) {
+        await this.detachExternalLocked(ext).catch(() => undefined);
+        throw e;
+      }
+      try {
+        return await fn();
+      } finally {
+        if (this.external === ext) await this.resumeExternalLocked(ext);
+      }
+    });
+  }
+
+  /** After a critical section: the suspended writer goes on, or is detached if it may no longer append. */
+  private async resumeExternalLocked(ext: AttachedWriter): Promise<void> {
+    if (this.externalMayAppend(ext)) {
+      try {
+        ext.writer.resume(await this.store.wal.beginExternalWrite());
+        return;
+      } catch (e) {
+        this.log.warn(errorFields(e), "cannot resume the WAL receiver");
+      }
+    }
+    await this.detachExternalLocked(ext);
+  }
+
+  private externalMayAppend(ext: AttachedWriter): boolean {
+    return !this.closed && ext.term === this.term && lastTerm(this.termHistory) === ext.term;
   }
 
   private advanceSoloCommit(): void {
@@ -841,7 +1054,7 @@ export class Timeline implements ConsensusTimeline {
    * term is allowed only with the same connection string (idempotent).
    */
   registerCompute(reg: Omit<ComputeRegistration, "registeredAt">): Promise<ComputeRegistration> {
-    return this.mutex.run(async () => {
+    return this.exclusive(false, async () => {
       this.checkOpen();
       if (Buffer.byteLength(reg.connstr) > MAX_CONNSTR_BYTES) {
         throw new StrataError("invalid_argument", `Compute connection string is ${Buffer.byteLength(reg.connstr)} bytes, more than ${MAX_CONNSTR_BYTES}`);
@@ -987,6 +1200,7 @@ export class Timeline implements ConsensusTimeline {
     await this.persisting;
     await this.persistProgressNow().catch((e: unknown) => this.log.warn(errorFields(e), "cannot store timeline progress on close"));
     await this.mutex.run(async () => {
+      if (this.external !== undefined) await this.detachExternalLocked(this.external).catch((e: unknown) => this.log.warn(errorFields(e), "WAL receiver did not end cleanly on close"));
       this.closed = true;
       this.remoteSegment = undefined;
       await this.store.close();
@@ -1058,4 +1272,8 @@ async function loadComputeFile(fs: DurableFS, path: string): Promise<ComputeRegi
     throw bad("term", e);
   }
   return { connstr: d.connstr, term: t, startLsn, registeredAt: d.registered_at };
+}
+
+function emptyProgress(buckets: number): ReceiverProgress {
+  return { writeLsn: toLsn(0n), flushLsn: toLsn(0n), fsyncs: 0, bytesWritten: 0, fsyncSeconds: 0, bucketCounts: new Array<number>(buckets + 1).fill(0) };
 }

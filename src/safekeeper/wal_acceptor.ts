@@ -64,9 +64,12 @@ import { formatLsn, lsn as toLsn, parseLsn, segmentNumber, segmentStart, type Ls
 import { errorFields, silentLogger } from "../lib/logging.js";
 import { sleep } from "../lib/tasks.js";
 import { PgClient, PgServerError, type ConnectOptions, type ReplicationStream } from "../wire/client.js";
+import { BackendParser } from "../wire/parser.js";
 import type { ServerReplicationMessage } from "../wire/replication.js";
 import { safekeeperSlotName } from "./config.js";
-import type { ComputeRegistration, Timeline } from "./timeline.js";
+import { NativeWalReceiver, type ReceiverEnd, type ReceiverProgress } from "./native_receiver.js";
+import type { ComputeRegistration, ExternalWalWriter, Timeline } from "./timeline.js";
+import type { ExternalSegment } from "./wal_storage.js";
 
 /** First reconnect delay; doubled after each failure up to RECONNECT_MAX_MS. */
 export const RECONNECT_MIN_MS = 100;
@@ -322,7 +325,15 @@ export interface WalAcceptorOptions {
   registration: ComputeRegistration;
   safekeeperId: number;
   log?: Logger;
+  /**
+   * Run the commit loop in the native receiver process (native_receiver.ts)
+   * at this path; absent: in this process (`pump`).
+   */
+  nativeReceiverBin?: string;
 }
+
+/** How often the native receiver reports progress while WAL flows and nobody asked (HTTP status, metrics, solo commit). */
+export const NATIVE_HEARTBEAT_MS = 100;
 
 /**
  * Streams WAL from the registered compute until `signal` aborts or the
@@ -381,10 +392,11 @@ async function streamOnce(opts: WalAcceptorOptions, log: Logger, outer: AbortSig
     const slotRestart = await ensureSlot(client, ci, slot, slot, signal);
     const startLsn = await tl.beginComputeTerm(reg.term, reg.startLsn ?? slotRestart);
     const stream = await client.startReplication({ slot, startLsn, timeline: 1, signal });
-    log.info({ start_lsn: formatLsn(startLsn), compute: `${ci.host}:${ci.port}` }, "streaming WAL from compute");
+    log.info({ start_lsn: formatLsn(startLsn), compute: `${ci.host}:${ci.port}`, receiver: opts.nativeReceiverBin !== undefined ? "native" : "node" }, "streaming WAL from compute");
     tl.setComputeConnected(true);
     try {
-      await pump(tl, reg, stream, startLsn, signal, ac);
+      if (opts.nativeReceiverBin !== undefined) await pumpNative(opts.nativeReceiverBin, tl, reg, stream, startLsn, `${ci.host}:${ci.port}`, signal, log);
+      else await pump(tl, reg, stream, startLsn, signal, ac);
     } finally {
       tl.setComputeConnected(false);
     }
@@ -558,5 +570,200 @@ async function pump(tl: Timeline, reg: ComputeRegistration, stream: ReplicationS
   } finally {
     done = true;
     clearInterval(statusTimer);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The native commit loop
+// ---------------------------------------------------------------------------
+
+/**
+ * The timeline's view of one native receiver process (Timeline's
+ * ExternalWalWriter): tracks whether it runs or is paused, so a suspend
+ * sends one pause request and resolves on the receiver's "paused" report
+ * (or its end), and turns an unrequested pause at a segment's end into a
+ * critical section that completes the segment and resumes it on the next.
+ */
+class ReceiverLease implements ExternalWalWriter {
+  private state: "running" | "pausing" | "paused" = "running";
+  private waiters: ((p: ReceiverProgress) => void)[] = [];
+  /** progressNow callers: resolved by the next progress report (or pause, or end). */
+  private progressWaiters: ((p: ReceiverProgress) => void)[] = [];
+  private segmentPath: string;
+  private receiver: NativeWalReceiver | undefined;
+  private over = false;
+
+  constructor(
+    private readonly tl: Timeline,
+    private readonly log: Logger,
+    segment: ExternalSegment,
+  ) {
+    this.segmentPath = segment.path;
+  }
+
+  /** Called once, right after the process was spawned. */
+  attach(r: NativeWalReceiver): void {
+    this.receiver = r;
+    void r.ended.then(() => {
+      this.over = true;
+      this.release(r.progress);
+    });
+  }
+
+  onProgress(p: ReceiverProgress): void {
+    const ws = this.progressWaiters;
+    this.progressWaiters = [];
+    for (const w of ws) w(p);
+    this.tl.externalProgress(this, p).catch((e: unknown) => {
+      this.log.warn(errorFields(e), "cannot take in the WAL receiver's progress; stopping it");
+      void this.stop();
+    });
+  }
+
+  onPaused(reason: "requested" | "segment_full", p: ReceiverProgress): void {
+    if (this.state === "paused") return;
+    const requested = this.state === "pausing";
+    this.state = "paused";
+    this.release(p);
+    if (!requested && reason === "segment_full") {
+      this.tl.continueExternalWriter(this).catch((e: unknown) => {
+        this.log.warn(errorFields(e), "cannot continue the WAL receiver in the next segment; stopping it");
+        void this.stop();
+      });
+    }
+  }
+
+  private release(p: ReceiverProgress): void {
+    const ws = [...this.waiters, ...this.progressWaiters];
+    this.waiters = [];
+    this.progressWaiters = [];
+    for (const w of ws) w(p);
+  }
+
+  progressNow(): Promise<ReceiverProgress> {
+    const r = this.receiver!;
+    if (this.over || this.state !== "running") return Promise.resolve(r.progress);
+    // Reported at once: its flush LSN is past 0.
+    if (this.progressWaiters.length === 0) r.notifyAfter(toLsn(0n));
+    return new Promise((resolve) => this.progressWaiters.push(resolve));
+  }
+
+  suspend(): Promise<ReceiverProgress> {
+    const r = this.receiver!;
+    if (this.over || this.state === "paused") return Promise.resolve(r.progress);
+    if (this.state === "running") {
+      this.state = "pausing";
+      r.pause();
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  resume(segment: ExternalSegment): void {
+    if (this.state !== "paused" || this.over) return;
+    this.state = "running";
+    const r = this.receiver!;
+    if (segment.path !== this.segmentPath) {
+      this.segmentPath = segment.path;
+      r.resume({ path: segment.path, startLsn: segment.startLsn });
+    } else {
+      r.resume();
+    }
+  }
+
+  wantProgress(lsn: Lsn): void {
+    if (!this.over) this.receiver!.notifyAfter(lsn);
+  }
+
+  stop(): Promise<ReceiverEnd> {
+    return this.receiver!.stop();
+  }
+
+  /** Resolves once the process exited. */
+  get ended(): Promise<ReceiverEnd> {
+    return this.receiver!.ended;
+  }
+}
+
+/** What a receiver's end means for the acceptor: undefined = stopped on request, else the error ending the connection. */
+function receiverEndError(end: ReceiverEnd, compute: string): Error | undefined {
+  const text = end.detail.toString("utf8");
+  switch (end.reason) {
+    case "stopped":
+      return undefined;
+    case "server_error": {
+      const parser = new BackendParser();
+      try {
+        parser.push(end.detail);
+        const m = parser.next();
+        if (m?.kind === "ErrorResponse") return new PgServerError(m.fields, `Replication from ${compute}`);
+      } catch {
+        /* reported below as text */
+      }
+      return new StrataError("protocol_violation", `Compute ${compute} sent an unreadable error during replication`);
+    }
+    case "copy_done":
+    case "connection":
+      return new StrataError("io_error", `WAL receiver: ${text}`);
+    case "protocol":
+      return new StrataError("protocol_violation", `WAL receiver: ${text}`);
+    case "io":
+      return new StrataError("io_error", `WAL receiver: ${text}`);
+    case "crashed":
+      return new StrataError("internal", `WAL receiver: ${text}`);
+  }
+}
+
+/**
+ * The commit loop in the native receiver: the stream's socket is handed to
+ * the process (with the bytes already read), which appends into the
+ * segment the timeline prepared, fsyncs and acknowledges on its own. Here
+ * we only wait for it to end — the timeline adopts its progress — or stop
+ * it when `signal` aborts (term change, shutdown).
+ */
+async function pumpNative(bin: string, tl: Timeline, reg: ComputeRegistration, stream: ReplicationStream, startLsn: Lsn, compute: string, signal: AbortSignal, log: Logger): Promise<void> {
+  const { socket, pending } = stream.detach();
+  let lease: ReceiverLease | undefined;
+  try {
+    await tl.attachExternalWriter(reg.term, (segment) => {
+      if (segment.writeLsn !== startLsn) {
+        throw new StrataError("internal", `WAL of ${tl.tenantId}/${tl.timelineId} ends at ${formatLsn(segment.writeLsn)}, but streaming started at ${formatLsn(startLsn)}`);
+      }
+      const l = new ReceiverLease(tl, log, segment);
+      const r = new NativeWalReceiver({
+        bin,
+        socket,
+        pending,
+        segmentPath: segment.path,
+        segmentStartLsn: segment.startLsn,
+        segmentSizeBytes: tl.walSegSizeBytes,
+        writeLsn: segment.writeLsn,
+        buckets: tl.fsyncBucketBounds,
+        statusIntervalMs: STATUS_INTERVAL_MS,
+        heartbeatMs: NATIVE_HEARTBEAT_MS,
+        onProgress: (p) => l.onProgress(p),
+        onPaused: (reason, p) => l.onPaused(reason, p),
+        log,
+      });
+      l.attach(r);
+      lease = l;
+      log.debug({ pid: r.pid, segment: segment.path }, "WAL receiver started");
+      return l;
+    });
+  } finally {
+    // The receiver has its own descriptor of the connection (or the attach failed and it is to be closed).
+    socket.destroy();
+  }
+  const l = lease!;
+  const onAbort = () => void l.stop();
+  signal.addEventListener("abort", onAbort, { once: true });
+  if (signal.aborted) onAbort();
+  try {
+    const end = await l.ended;
+    await tl.externalWriterEnded(l);
+    const err = receiverEndError(end, compute);
+    if (err !== undefined) throw err;
+    if (!signal.aborted) throw new StrataError("io_error", `WAL receiver for ${compute} stopped`);
+  } finally {
+    signal.removeEventListener("abort", onAbort);
   }
 }

@@ -108,6 +108,8 @@ const ZERO_CHUNK_BYTES = 1024 * 1024;
 const ZEROS = new Uint8Array(ZERO_CHUNK_BYTES);
 /** Open attempts of a read across a concurrent partial -> final rename: name, other name, name again. */
 const READ_RENAME_ATTEMPTS = 3;
+/** Read-back chunk when adopting an external writer's WAL (record tracking). */
+const ADOPT_READ_BYTES = 1024 * 1024;
 /** MAXALIGN: WAL records start at multiples of 8. */
 const MAXALIGN = 8;
 
@@ -141,6 +143,15 @@ export interface WalStorageOptions {
 interface RecordBoundary {
   readonly recoveryStart: Lsn;
   readonly endLsn: Lsn;
+}
+
+/** The segment file an external writer appends to (WalStorage.beginExternalWrite). */
+export interface ExternalSegment {
+  readonly path: string;
+  /** LSN of the segment's first byte. */
+  readonly startLsn: Lsn;
+  /** Where the writer continues. */
+  readonly writeLsn: Lsn;
 }
 
 /** What recovery found on open (for logs and tests). */
@@ -181,6 +192,8 @@ export class WalStorage {
 
   private failure: unknown;
   private closed = false;
+  /** A writer in another process appends to the partial segment (beginExternalWrite .. endExternalWrite). */
+  private external = false;
   private chain: Promise<unknown> = Promise.resolve();
   /** Mutating calls queued or running (appendAndFlushNow runs only when there are none). */
   private pendingCalls = 0;
@@ -257,6 +270,7 @@ export class WalStorage {
    */
   write(startLsn: Lsn, bytes: Uint8Array): Promise<void> {
     return this.exclusive(async () => {
+      this.checkNotExternal("write");
       if (startLsn !== this.write_) {
         throw new StrataError(
           "invalid_argument",
@@ -296,7 +310,7 @@ export class WalStorage {
    * commit batch they were most of the safekeeper's CPU (bench/safekeeper.ts).
    */
   appendAndFlushNow(startLsn: Lsn, bytes: Uint8Array): Lsn | undefined {
-    if (this.pendingCalls > 0 || this.closed || this.failure !== undefined || startLsn !== this.write_ || bytes.length === 0) return undefined;
+    if (this.pendingCalls > 0 || this.closed || this.external || this.failure !== undefined || startLsn !== this.write_ || bytes.length === 0) return undefined;
     const p = this.partial;
     if (p === undefined || p.file.writeAndSyncNow === undefined) return undefined;
     const segNo = segmentNumber(startLsn, this.walSegSizeBytes);
@@ -348,6 +362,7 @@ export class WalStorage {
    */
   truncate(at: Lsn): Promise<void> {
     return this.exclusive(async () => {
+      this.checkNotExternal("truncate");
       if (at > this.write_ || at < this.oldestLsn) {
         throw new StrataError(
           "invalid_argument",
@@ -420,6 +435,100 @@ export class WalStorage {
       if (removed > 0) await this.io("fsync directory", this.dir, () => this.fs.syncDir(this.dir));
       return removed;
     });
+  }
+
+  // -------------------------------------------------------------------------
+  // A writer in another process (native_receiver.ts)
+  // -------------------------------------------------------------------------
+
+  /**
+   * Gets the segment holding the write LSN ready for a writer in another
+   * process — everything written so far is made durable, the partial
+   * segment is created (full-size, as always) if the write LSN is at a
+   * segment start — and returns its file. That writer may then append from
+   * the write LSN up to the segment's end, fdatasyncing what it reports;
+   * `adoptExternalWrite` takes its progress in. Until `endExternalWrite`,
+   * `write`, `truncate` and `appendAndFlushNow` are refused here. Called
+   * again after the writer filled the segment, it returns the next one.
+   */
+  beginExternalWrite(): Promise<ExternalSegment> {
+    return this.exclusive(async () => {
+      await this.syncPartial();
+      this.markFlushed();
+      const segNo = segmentNumber(this.write_, this.walSegSizeBytes);
+      const p = await this.partialFor(segNo);
+      this.external = true;
+      return { path: p.file.path, startLsn: segmentStart(segNo, this.walSegSizeBytes), writeLsn: this.write_ };
+    });
+  }
+
+  /**
+   * The external writer wrote and fdatasynced WAL up to `flushLsn` (inside
+   * the partial segment): the bytes are read back for the record tracker,
+   * write and flush LSN move there, and a filled segment is completed
+   * (fsync, final name, directory fsync) as `write` does. No-op at or below
+   * the write LSN. Returns the flush LSN.
+   */
+  adoptExternalWrite(flushLsn: Lsn): Promise<Lsn> {
+    return this.exclusive(async () => {
+      if (!this.external) throw new Error("assertion failed: adoptExternalWrite without an external writer");
+      await this.adoptLocked(flushLsn);
+      return this.flush_;
+    });
+  }
+
+  private async adoptLocked(flushLsn: Lsn): Promise<void> {
+    if (flushLsn <= this.write_) return;
+    const p = this.partial;
+    const segNo = segmentNumber(this.write_, this.walSegSizeBytes);
+    const segEnd = segmentStart(segNo + 1n, this.walSegSizeBytes);
+    if (p === undefined || p.segNo !== segNo || flushLsn > segEnd) {
+      throw new Error(`assertion failed: external write up to ${formatLsn(flushLsn)} is not inside the partial segment at ${formatLsn(this.write_)}`);
+    }
+    const buf = new Uint8Array(Math.min(ADOPT_READ_BYTES, Number(flushLsn - this.write_)));
+    let pos = this.write_;
+    while (pos < flushLsn) {
+      const n = Math.min(buf.length, Number(flushLsn - pos));
+      const off = segmentOffset(pos, this.walSegSizeBytes);
+      const got = await this.io(`read back ${n} bytes at ${formatLsn(pos)} from`, p.file.path, () => p.file.read(buf.subarray(0, n), off));
+      if (got !== n) throw this.corrupt(`${p.file.path} is shorter than ${off + n} bytes`);
+      this.track(pos, buf.subarray(0, n));
+      pos = toLsn(pos + BigInt(n));
+    }
+    this.write_ = flushLsn;
+    this.markFlushed();
+    if (flushLsn === segEnd) await this.completeSegment();
+    else if (segmentOffset(flushLsn, this.walSegSizeBytes) >= this.walSegSizeBytes / 2) this.startPrealloc(segNo + 1n);
+  }
+
+  /**
+   * The external writer is gone. `lastFlushLsn` is the last position it
+   * reported durable (adopted first); if it may have written past it (it
+   * died without a final report), pass `unknownTail`: the rest of the
+   * partial segment is zeroed and fsynced, so bytes nobody acknowledged
+   * cannot reappear after a restart as WAL. Returns the flush LSN.
+   */
+  endExternalWrite(lastFlushLsn: Lsn, unknownTail: boolean): Promise<Lsn> {
+    return this.exclusive(async () => {
+      if (!this.external) return this.flush_;
+      this.external = false;
+      await this.adoptLocked(lastFlushLsn);
+      const p = this.partial;
+      if (unknownTail && p !== undefined && p.segNo === segmentNumber(this.write_, this.walSegSizeBytes)) {
+        await this.zeroRange(p.file, segmentOffset(this.write_, this.walSegSizeBytes), this.walSegSizeBytes);
+        await this.io("fsync", p.file.path, () => p.file.sync());
+      }
+      return this.flush_;
+    });
+  }
+
+  /** The external writer's fsync failed: the file's state is unknown, as after any failed fsync here. */
+  failExternalWrite(cause: Error): void {
+    this.failure ??= new StrataError("io_error", `The WAL receiver failed writing ${this.dir}: ${cause.message}`, { cause });
+  }
+
+  private checkNotExternal(what: string): void {
+    if (this.external) throw new Error(`assertion failed: WAL ${what} in ${this.dir} while another process writes it`);
   }
 
   /** Closes the partial segment's file. Unflushed writes are not flushed. */

@@ -55,6 +55,7 @@ import {
   passwordMessage,
   saslInitialResponse,
   saslResponse,
+  serializeBackend,
   serializeFrontend,
   type BackendMessage,
   type ErrorFields,
@@ -790,6 +791,24 @@ export class PgClient {
   _writeNow(data: Buffer): void {
     this.writeNow(data);
   }
+  /**
+   * @internal Hands the connection to another reader (ReplicationStream.detach):
+   * stops reading and returns the socket with every byte received and not
+   * yet consumed, framed as the server sent it. From then on this client
+   * never touches the socket: it counts as closed and `close()` does nothing.
+   */
+  _detach(): { socket: Socket; pending: Buffer } {
+    assert(this.waiter === null && this.batchWaiter === null && this.pushConsumer === null, "PgClient: detach while a read waits");
+    if (this.failure) throw this.failure;
+    this.socket.pause();
+    const parts = this.queue.splice(0).map((m) => serializeBackend(m));
+    parts.push(Buffer.from(this.parser.takeBuffered()));
+    this.failure = new StrataError("cancelled", `Connection to ${this.addr} was handed to another process`);
+    this.socket.removeAllListeners("error");
+    this.socket.removeAllListeners("close");
+    this.socket.on("error", () => undefined);
+    return { socket: this.socket, pending: Buffer.concat(parts) };
+  }
   /** @internal */
   _unexpected(m: BackendMessage, during: string): StrataError {
     return this.unexpected(m, during);
@@ -987,6 +1006,22 @@ export class ReplicationStream implements AsyncIterable<ServerReplicationMessage
         this.client._fail(err);
       }
     });
+  }
+
+  /**
+   * Hands the stream to another process (the safekeeper's native WAL
+   * receiver): before any read of the stream, stops reading the socket and
+   * returns it — pass it on as a child's stdio and destroy it here — with
+   * the bytes received but not yet consumed, framed as the server sent them
+   * (the new reader consumes those first). The client is closed for us
+   * afterwards; the connection lives on in the other process.
+   */
+  detach(): { socket: Socket; pending: Buffer } {
+    assert(!this.iterating && !this.batchReading && !this.finished, "ReplicationStream.detach after reading");
+    const d = this.client._detach();
+    this.finished = true;
+    this.release();
+    return d;
   }
 
   /** Push mode: stop reading the socket (TCP back-pressure on the server) until `resume()`. */

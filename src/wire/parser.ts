@@ -197,6 +197,11 @@ abstract class TypedParser<M> {
     return this.queue.consumed;
   }
 
+  /** Removes and returns the buffered bytes not yet parsed (a connection handed to another reader). */
+  takeBuffered(): Buffer {
+    return this.queue.take(this.queue.available);
+  }
+
   push(chunk: Buffer): void {
     if (this.poisoned) throw this.poisoned;
     this.queue.push(chunk);
