@@ -3,6 +3,7 @@
  *
  *   node dist/bench/safekeeper.js [--duration S] [--warmup S] [--clients N] [--scale N] [--rounds R] [--rate TPS]
  *                                 [--baseline-main PATH/dist/src/cli/main.js] [--baseline-node-args "FLAGS"] [--baseline-wal-receiver node]
+ *                                 [--order alternate|a-first]
  *
  * One PostgreSQL 15 primary (fsync on, as in production), pgbench TPC-B-like
  * load, synchronous_commit = on, in three set-ups on the same machine in one
@@ -16,7 +17,8 @@
  * transaction log, after `--warmup` seconds (default 5) of the same load
  * that are not measured (each set-up alike). Then the ratios a/b and a/c of TPS (goal: a/b >= 1.0).
  * `--rounds` repeats the a/b/c sequence (alternating cancels drift in the
- * machine's load); figures are per round and their median.
+ * machine's load); figures are per round and their median. With `--order
+ * alternate` (the default) every second round runs (b) before (a).
  * `--baseline-main` adds (a0): the same as (a) with another build of strata
  * (e.g. the last commit, unpacked and built elsewhere), run in the same
  * rounds, so a change's effect is measured under the same machine load.
@@ -64,6 +66,9 @@ function strArg(name: string): string | undefined {
 const BASELINE_MAIN = strArg("--baseline-main");
 const BASELINE_NODE_ARGS = strArg("--baseline-node-args")?.split(" ").filter((a) => a !== "");
 const BASELINE_WAL_RECEIVER = strArg("--baseline-wal-receiver");
+/** `--order alternate` (default): odd rounds run (b) before (a); `a-first`: always (a) first. */
+const ORDER = strArg("--order") ?? "alternate";
+if (ORDER !== "alternate" && ORDER !== "a-first") throw new Error(`--order must be alternate or a-first, not ${ORDER}`);
 
 interface Result {
   mode: string;
@@ -262,10 +267,20 @@ async function main(): Promise<void> {
         console.log(fmt(a0));
         baseline.push(a0);
       }
+      // Who runs first alternates (with --order alternate): drift in the machine's load within a
+      // round (the VM's disk and CPU vary over minutes) then favours neither contender.
+      const bFirst = ORDER === "alternate" && i % 2 === 1;
+      let b: Result | undefined;
+      if (bFirst) {
+        b = await runReceivewal(pg);
+        console.log(fmt(b));
+      }
       const a = await runStrata(pg);
       console.log(fmt(a));
-      const b = await runReceivewal(pg);
-      console.log(fmt(b));
+      if (b === undefined) {
+        b = await runReceivewal(pg);
+        console.log(fmt(b));
+      }
       const c = await runAsync(pg);
       console.log(fmt(c));
       rounds.push([a, b, c]);

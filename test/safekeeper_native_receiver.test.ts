@@ -16,10 +16,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readdir, readFile } from "node:fs/promises";
-import { startPostgres } from "./harness/pg_server.js";
+import { startPostgres, type PgServer } from "./harness/pg_server.js";
 import { removeTempDir } from "./harness/tools.js";
 import { formatLsn, parseLsn, type Lsn } from "../src/lib/lsn.js";
-import { compareWal, http, newIds, startInProcess, timelineDir, timelineLsn, waitFor } from "./safekeeper_helpers.js";
+import { compareWal, http, newIds, startInProcess, timelineDir, timelineLsn, waitFor, type TimelineIds } from "./safekeeper_helpers.js";
 import type { Safekeeper } from "../src/safekeeper/safekeeper.js";
 
 /** Pids of this process's strata-wal-receiver children (the in-process safekeeper's receivers). */
@@ -39,19 +39,29 @@ async function primaryFlush(pg: { sql(q: string): Promise<string> }): Promise<Ls
   return parseLsn(await pg.sql("SELECT pg_current_wal_flush_lsn()"));
 }
 
-test("native receiver: bulk load across segments with the receiver suspended and resumed throughout; WAL identical", { timeout: 120_000 }, async () => {
+/**
+ * A primary with sk_1 as its synchronous standby and an in-process
+ * safekeeper (native commit loop) registered for it, its receiver running.
+ */
+async function setUp(table: string): Promise<{ pg: PgServer; sk: Safekeeper; ids: TimelineIds; base: string; startLsn: Lsn }> {
   const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { wal_keep_size: "256MB" } });
-  let sk: Safekeeper | undefined = await startInProcess({ id: 1, walReceiver: "native" });
-  const dataDir = sk.config.dataDir;
+  const sk = await startInProcess({ id: 1, walReceiver: "native" });
   const ids = newIds();
   const base = `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`;
+  assert.ok(sk.nativeReceiverBin !== undefined, "the native receiver is built (scripts/setup)");
+  const r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: pg.connString(), term: 1 });
+  assert.equal(r.status, 201, r.text);
+  const startLsn = parseLsn((r.body as { timeline_start_lsn: string }).timeline_start_lsn);
+  await pg.sql(table, { timeoutMs: 30_000 });
+  await waitFor("a receiver process", async () => (await receiverPids()).length === 1, 20_000);
+  return { pg, sk, ids, base, startLsn };
+}
+
+test("native receiver: bulk load across segments with the receiver suspended and resumed throughout; WAL identical", { timeout: 120_000 }, async () => {
+  const { pg, sk: started, ids, base, startLsn } = await setUp("CREATE TABLE big (id int, v text)");
+  let sk: Safekeeper | undefined = started;
+  const dataDir = sk.config.dataDir;
   try {
-    assert.ok(sk.nativeReceiverBin !== undefined, "the native receiver is built (scripts/setup)");
-    const r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: pg.connString(), term: 1 });
-    assert.equal(r.status, 201, r.text);
-    const startLsn = parseLsn((r.body as { timeline_start_lsn: string }).timeline_start_lsn);
-    await pg.sql("CREATE TABLE big (id int, v text)", { timeoutMs: 30_000 });
-    await waitFor("a receiver process", async () => (await receiverPids()).length === 1, 20_000);
     const tl = sk.findTimeline(ids.tenantId, ids.timelineId)!;
 
     // Critical sections that suspend and resume the receiver, as fast as they come, during the load.
@@ -101,17 +111,9 @@ test("native receiver: bulk load across segments with the receiver suspended and
 });
 
 test("native receiver killed mid-load: a new one takes over, no acknowledged commit lost; fencing stops it for good", { timeout: 120_000 }, async () => {
-  const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { wal_keep_size: "256MB" } });
-  const sk: Safekeeper = await startInProcess({ id: 1, walReceiver: "native" });
+  const { pg, sk, ids, base, startLsn } = await setUp("CREATE TABLE acks (id int primary key)");
   const dataDir = sk.config.dataDir;
-  const ids = newIds();
-  const base = `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`;
   try {
-    let r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: pg.connString(), term: 1 });
-    assert.equal(r.status, 201, r.text);
-    const startLsn = parseLsn((r.body as { timeline_start_lsn: string }).timeline_start_lsn);
-    await pg.sql("CREATE TABLE acks (id int primary key)", { timeoutMs: 30_000 });
-    await waitFor("a receiver process", async () => (await receiverPids()).length === 1, 20_000);
     const [first] = await receiverPids();
 
     // Commits one after another; the receiver is killed in the middle.
@@ -139,7 +141,7 @@ test("native receiver killed mid-load: a new one takes over, no acknowledged com
     assert.equal(BigInt(await compareWal(pg.walDir, timelineDir(dataDir, ids), startLsn, end)), end - startLsn);
 
     // Fencing: a registration with a higher term (another compute) stops the receiver before it returns.
-    r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: "host=127.0.0.1 port=1 user=x", term: 2 });
+    const r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: "host=127.0.0.1 port=1 user=x", term: 2 });
     assert.equal(r.status, 200, r.text);
     assert.deepEqual(await receiverPids(), [], "the old compute's receiver is gone when the registration returns");
     const flushAtFence = await timelineLsn(sk.httpPort, ids, "flush_lsn");

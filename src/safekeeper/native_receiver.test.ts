@@ -21,6 +21,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import net, { type Socket } from "node:net";
 import { join } from "node:path";
 import { silentLogger } from "../lib/logging.js";
+import { seededRandom } from "../lib/prng.js";
 import { formatLsn, lsn, lsnAdd, type Lsn } from "../lib/lsn.js";
 import { serializeBackend, type ErrorFields } from "../wire/messages.js";
 import { BackendParser } from "../wire/parser.js";
@@ -80,18 +81,6 @@ async function within<T>(what: string, p: Promise<T>, timeoutMs = WAIT_MS): Prom
   } finally {
     clearTimeout(timer);
   }
-}
-
-/** Deterministic PRNG (mulberry32): a failing seed replays exactly. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function randomBytes(rand: () => number, n: number): Buffer {
@@ -284,7 +273,7 @@ function sum(xs: readonly number[]): number {
 // Streaming
 
 test("pseudo-random WAL split at arbitrary byte positions streams across a segment end into both files", async () => {
-  const rand = prng(20261129);
+  const rand = seededRandom(20261129);
   const randInt = (n: number) => Math.floor(rand() * n);
   const start = lsnAdd(SEG1, 0x80000 + 123); // mid-segment, not 8-aligned
   const total = SEG_BYTES; // ends in the second segment, 0x80000 + 123 past its start
@@ -363,7 +352,7 @@ test("pseudo-random WAL split at arbitrary byte positions streams across a segme
 });
 
 test("pause(): reports 'requested'; WAL sent while paused is neither written nor acknowledged until resume()", async () => {
-  const rand = prng(2);
+  const rand = seededRandom(2);
   const start = lsnAdd(SEG1, 100);
   const a = randomBytes(rand, 1000);
   const aEnd = lsnAdd(start, a.length);
@@ -397,7 +386,7 @@ test("pause(): reports 'requested'; WAL sent while paused is neither written nor
 });
 
 test("notifyAfter(lsn): progress arrives promptly once the flush LSN passes lsn, though the heartbeat is a minute", async () => {
-  const rand = prng(3);
+  const rand = seededRandom(3);
   const start = lsnAdd(SEG1, 4096);
   await withRig({ writeLsn: start, heartbeatMs: 60_000 }, async (rig) => {
     const aEnd = lsnAdd(start, 100);
@@ -568,7 +557,7 @@ const endCases: EndCase[] = [
  * Returns what the end and the files say about A and B.
  */
 async function runEndCase(c: EndCase): Promise<{ end: ReceiverEnd; aEnd: Lsn; bEnd: Lsn; seg1: Buffer; images: { a: SegmentImages; ab: SegmentImages } }> {
-  const rand = prng(c.name.length);
+  const rand = seededRandom(c.name.length);
   const start = lsnAdd(SEG1, 4096 + 5);
   const a = randomBytes(rand, 2000);
   const aEnd = lsnAdd(start, a.length);
