@@ -56,8 +56,19 @@
  *   waits, in this process, until the safekeeper completed the segment and
  *   resumed us on the next one.
  * * Group commit as pg_receivewal: read until the socket has nothing more
- *   (or the read buffer is full), write everything, one fdatasync, one
- *   status update.
+ *   (or the read buffer is full), write everything, make it durable once,
+ *   one status update.
+ * * Durable writes: the segment is also opened O_DIRECT | O_DSYNC, and each
+ *   batch is written from a 4 KiB-aligned copy of the file's tail, whole
+ *   blocks from the block holding the write LSN (the bytes past it are the
+ *   zeros the file already holds): one system call puts the batch on
+ *   stable storage. Measured on the CI machine: 148-151 us and 36-44 us of
+ *   system CPU per cycle, against 166-168 us and 55 us for pwrite +
+ *   fdatasync; and in bench/safekeeper.ts 111-129 us of CPU per
+ *   transaction against 123-158. Where the file system refuses O_DIRECT
+ *   (tmpfs), it writes through the page cache and fdatasyncs, as before.
+ *   The kernel drops cached pages a direct write covers, so the
+ *   safekeeper's buffered reads of the file see the new bytes.
  * * The process dies with its parent (PR_SET_PDEATHSIG): when the safekeeper
  *   is killed, nothing acknowledges WAL on its behalf.
  */
@@ -103,6 +114,17 @@ static uint8_t cmdbuf[CMD_CAP];
 static size_t cmd_len;
 
 static int seg_fd = -1;
+/* Direct writes (see the header): alignment of buffer, offset and length. */
+#define DIO_BLOCK 4096
+/* The segment opened O_DIRECT | O_DSYNC, or -1: writes through the page cache and fdatasync. */
+static int dio_fd = -1;
+/* Aligned copy of the file from segment offset dio_start (a block start) to the write LSN; zeros after. */
+static uint8_t *dio_buf;
+static size_t dio_cap;
+static uint64_t dio_start;
+static size_t dio_len;
+/* The flush LSN the last status update reported. */
+static uint64_t acked_lsn;
 static char seg_path[4096];
 static uint64_t seg_start, seg_size;
 static uint64_t write_lsn, flush_lsn;
@@ -287,20 +309,81 @@ static void send_status(void) {
 
 static void open_segment(const char *path, uint64_t start) {
   if (seg_fd >= 0) close(seg_fd);
+  if (dio_fd >= 0) close(dio_fd);
   if (strlen(path) >= sizeof seg_path) end_text(END_IO, 1, "segment path too long");
   strcpy(seg_path, path);
   seg_start = start;
-  seg_fd = open(seg_path, O_WRONLY | O_CLOEXEC);
+  seg_fd = open(seg_path, O_RDWR | O_CLOEXEC);
   if (seg_fd < 0) end_text(END_IO, 1, "open %s: %s", seg_path, strerror(errno));
   if (write_lsn < seg_start || write_lsn >= seg_start + seg_size) {
     end_text(END_IO, 1, "write LSN %X/%X is outside segment %s", (unsigned)(write_lsn >> 32), (unsigned)write_lsn, seg_path);
+  }
+  dio_fd = open(seg_path, O_WRONLY | O_DIRECT | O_DSYNC | O_CLOEXEC);
+  if (dio_fd >= 0) {
+    if (dio_buf == NULL) {
+      dio_cap = IN_CAP + 2 * DIO_BLOCK;
+      if (posix_memalign((void **)&dio_buf, DIO_BLOCK, dio_cap) != 0) end_text(END_IO, 1, "out of memory");
+    }
+    memset(dio_buf, 0, dio_cap);
+    uint64_t off = write_lsn - seg_start;
+    dio_start = off & ~(uint64_t)(DIO_BLOCK - 1);
+    dio_len = (size_t)(off - dio_start);
+    size_t got = 0;
+    while (got < dio_len) {
+      ssize_t r = pread(seg_fd, dio_buf + got, dio_len - got, (off_t)(dio_start + got));
+      if (r <= 0) end_text(END_IO, 1, "read %s: %s", seg_path, r == 0 ? "short file" : strerror(errno));
+      got += (size_t)r;
+    }
   }
 }
 
 static struct iovec iov[MAX_IOV];
 static uint64_t iov_start, iov_bytes;
 
+/* write_pending with dio_fd: copies the batch behind the tail block and writes whole blocks, durably. */
+static void write_direct(void) {
+  for (int i = 0; i < niov; i++) {
+    memcpy(dio_buf + dio_len, iov[i].iov_base, iov[i].iov_len);
+    dio_len += iov[i].iov_len;
+  }
+  size_t wlen = (dio_len + DIO_BLOCK - 1) & ~(size_t)(DIO_BLOCK - 1);
+  double t0 = now_s();
+  size_t done = 0;
+  while (done < wlen) {
+    ssize_t w = pwrite(dio_fd, dio_buf + done, wlen - done, (off_t)(dio_start + done));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      end_text(END_IO, 1, "write %zu bytes at offset %llu of %s: %s", wlen - done, (unsigned long long)(dio_start + done), seg_path, strerror(errno));
+    }
+    if (w == 0 || (size_t)w % DIO_BLOCK != 0) end_text(END_IO, 1, "direct write to %s wrote %zd bytes", seg_path, w);
+    done += (size_t)w;
+  }
+  double dt = now_s() - t0;
+  fsyncs++;
+  fsync_seconds += dt;
+  int b = 0;
+  while (b < nbuckets && dt > bucket_bounds[b]) b++;
+  bucket_counts[b]++;
+  bytes_written += iov_bytes;
+  write_lsn = iov_start + iov_bytes;
+  flush_lsn = write_lsn;
+  size_t tail = dio_len & (DIO_BLOCK - 1);
+  size_t full = dio_len - tail;
+  if (full > 0) {
+    memmove(dio_buf, dio_buf + full, tail);
+    memset(dio_buf + tail, 0, wlen - tail);
+    dio_start += full;
+    dio_len = tail;
+  }
+  niov = 0;
+  iov_bytes = 0;
+}
+
 static void write_pending(void) {
+  if (dio_fd >= 0) {
+    write_direct();
+    return;
+  }
   size_t done = 0;
   while (done < iov_bytes) {
     /* Skip the iovecs (or parts) already written. */
@@ -531,6 +614,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   flush_lsn = write_lsn;
+  acked_lsn = write_lsn;
   open_segment(path, start);
   /* The stream's first bytes, read by the safekeeper before it handed the socket over. */
   if (initial > IN_CAP) end_text(END_PROTOCOL, 1, "%llu initial bytes do not fit the read buffer", initial);
@@ -573,11 +657,10 @@ int main(int argc, char **argv) {
       if (!held && (fds[1].revents & (POLLIN | POLLERR | POLLHUP))) read_socket();
       segment_full = process_input();
       if (niov > 0) write_pending();
-      if (write_lsn > flush_lsn) {
-        flush_segment();
+      if (write_lsn > flush_lsn) flush_segment();
+      if (flush_lsn > acked_lsn || reply_requested) {
         send_status();
-      } else if (reply_requested) {
-        send_status();
+        acked_lsn = flush_lsn;
       }
     }
     if (sock_eof && !held && !paused) {
