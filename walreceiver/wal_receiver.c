@@ -255,6 +255,15 @@ static void end_text(int reason, int status, const char *fmt, ...) {
   end_stream(reason, (const uint8_t *)text, (size_t)n, status);
 }
 
+/* Counts one durable write (an fdatasync, or a direct O_DSYNC write) that took `dt` seconds. */
+static void record_flush(double dt) {
+  fsyncs++;
+  fsync_seconds += dt;
+  int b = 0;
+  while (b < nbuckets && dt > bucket_bounds[b]) b++;
+  bucket_counts[b]++;
+}
+
 static void flush_segment(void) {
   double t0 = now_s();
   if (fdatasync(seg_fd) != 0) {
@@ -262,12 +271,7 @@ static void flush_segment(void) {
     /* After a failed fsync the kernel may have dropped the dirty pages: nothing past flush_lsn is durable. */
     end_text(END_IO, 1, "fdatasync %s: %s", seg_path, strerror(e));
   }
-  double dt = now_s() - t0;
-  fsyncs++;
-  fsync_seconds += dt;
-  int b = 0;
-  while (b < nbuckets && dt > bucket_bounds[b]) b++;
-  bucket_counts[b]++;
+  record_flush(now_s() - t0);
   flush_lsn = write_lsn;
 }
 
@@ -358,12 +362,7 @@ static void write_direct(void) {
     if (w == 0 || (size_t)w % DIO_BLOCK != 0) end_text(END_IO, 1, "direct write to %s wrote %zd bytes", seg_path, w);
     done += (size_t)w;
   }
-  double dt = now_s() - t0;
-  fsyncs++;
-  fsync_seconds += dt;
-  int b = 0;
-  while (b < nbuckets && dt > bucket_bounds[b]) b++;
-  bucket_counts[b]++;
+  record_flush(now_s() - t0);
   bytes_written += iov_bytes;
   write_lsn = iov_start + iov_bytes;
   flush_lsn = write_lsn;

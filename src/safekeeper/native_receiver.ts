@@ -77,6 +77,11 @@ export interface NativeReceiverOptions {
 
 const END_REASONS: Record<number, ReceiverEndReason> = { 1: "copy_done", 2: "server_error", 3: "connection", 4: "protocol", 5: "io", 6: "stopped" };
 
+/** A receiver's progress before its first report: nothing written past `at`, no fsyncs, `buckets` bounds. */
+export function initialProgress(at: Lsn, buckets: number): ReceiverProgress {
+  return { writeLsn: at, flushLsn: at, fsyncs: 0, bytesWritten: 0, fsyncSeconds: 0, bucketCounts: new Array<number>(buckets + 1).fill(0) };
+}
+
 /** Whether the receiver binary is there (a checkout without `scripts/setup` has none). */
 export function nativeReceiverAvailable(bin = DEFAULT_WAL_RECEIVER_BIN): boolean {
   return existsSync(bin);
@@ -96,7 +101,7 @@ export class NativeWalReceiver {
   constructor(private readonly opts: NativeReceiverOptions) {
     const bin = opts.bin ?? DEFAULT_WAL_RECEIVER_BIN;
     this.progressBytes = 40 + 8 * (opts.buckets.length + 1);
-    this.last = { writeLsn: opts.writeLsn, flushLsn: opts.writeLsn, fsyncs: 0, bytesWritten: 0, fsyncSeconds: 0, bucketCounts: new Array<number>(opts.buckets.length + 1).fill(0) };
+    this.last = initialProgress(opts.writeLsn, opts.buckets.length);
     const args = [
       "--segment", opts.segmentPath,
       "--segment-start", opts.segmentStartLsn.toString(),

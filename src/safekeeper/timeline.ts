@@ -72,7 +72,7 @@ import { isNotFound, writeFileAtomic, type DurableFS } from "./durable_fs.js";
 import type { SafekeeperMetrics } from "./metrics.js";
 import { appendTerm, checkTermHistory, formatTermHistory, historyUpTo, INVALID_TERM, lastLogTerm, lastTerm, term as toTerm, type Term, type TermHistory } from "./term_history.js";
 import { TimelineStore, timelineDirPath } from "./timeline_dir.js";
-import type { ReceiverEnd, ReceiverProgress } from "./native_receiver.js";
+import { initialProgress, type ReceiverEnd, type ReceiverProgress } from "./native_receiver.js";
 import type { ExternalSegment } from "./wal_storage.js";
 import { TermRefusedError, type AcceptorSnapshot, type ConsensusTimeline, type VoteResult } from "./consensus/acceptor_state.js";
 
@@ -901,7 +901,7 @@ export class Timeline implements ConsensusTimeline {
         await wal.endExternalWrite(segment.writeLsn, false);
         throw e;
       }
-      this.external = { term: computeTerm, writer, seen: emptyProgress(this.opts.metrics.fsyncSeconds.bucketBounds.length) };
+      this.external = { term: computeTerm, writer, seen: initialProgress(segment.writeLsn, this.fsyncBucketBounds.length) };
       return segment;
     });
   }
@@ -933,11 +933,14 @@ export class Timeline implements ConsensusTimeline {
     });
   }
 
-  /** A writer stopped at a segment's end: complete that segment and resume it on the next (a critical section does both). */
+  /**
+   * A writer stopped at a segment's end: an empty critical section completes
+   * that segment (adopting the writer's WAL on suspend) and resumes it on
+   * the next one; a writer no longer attached is left alone.
+   */
   continueExternalWriter(writer: ExternalWalWriter): Promise<void> {
-    return this.exclusive(false, async () => {
-      if (this.external?.writer !== writer) return;
-    });
+    if (this.external?.writer !== writer) return Promise.resolve();
+    return this.exclusive(false, () => Promise.resolve());
   }
 
   private async adoptExternal(ext: AttachedWriter, p: ReceiverProgress): Promise<void> {
@@ -1272,8 +1275,4 @@ async function loadComputeFile(fs: DurableFS, path: string): Promise<ComputeRegi
     throw bad("term", e);
   }
   return { connstr: d.connstr, term: t, startLsn, registeredAt: d.registered_at };
-}
-
-function emptyProgress(buckets: number): ReceiverProgress {
-  return { writeLsn: toLsn(0n), flushLsn: toLsn(0n), fsyncs: 0, bytesWritten: 0, fsyncSeconds: 0, bucketCounts: new Array<number>(buckets + 1).fill(0) };
 }

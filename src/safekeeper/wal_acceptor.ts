@@ -703,11 +703,10 @@ function receiverEndError(end: ReceiverEnd, compute: string): Error | undefined 
     }
     case "copy_done":
     case "connection":
+    case "io":
       return new StrataError("io_error", `WAL receiver: ${text}`);
     case "protocol":
       return new StrataError("protocol_violation", `WAL receiver: ${text}`);
-    case "io":
-      return new StrataError("io_error", `WAL receiver: ${text}`);
     case "crashed":
       return new StrataError("internal", `WAL receiver: ${text}`);
   }

@@ -291,8 +291,7 @@ export class WalStorage {
         pos = toLsn(pos + BigInt(n));
         off += n;
         this.write_ = pos;
-        if (segOff + n === this.walSegSizeBytes) await this.completeSegment();
-        else if (segOff + n >= this.walSegSizeBytes / 2) this.startPrealloc(segNo + 1n);
+        await this.segmentWritten(segNo, segOff + n);
       }
     });
   }
@@ -497,8 +496,7 @@ export class WalStorage {
     }
     this.write_ = flushLsn;
     this.markFlushed();
-    if (flushLsn === segEnd) await this.completeSegment();
-    else if (segmentOffset(flushLsn, this.walSegSizeBytes) >= this.walSegSizeBytes / 2) this.startPrealloc(segNo + 1n);
+    await this.segmentWritten(segNo, Number(flushLsn - segmentStart(segNo, this.walSegSizeBytes)));
   }
 
   /**
@@ -714,6 +712,15 @@ export class WalStorage {
     this.prealloc = undefined;
     await p.done;
     await this.fs.unlink(this.tempSegmentPath(p.segNo)).catch(() => undefined);
+  }
+
+  /**
+   * Bytes of segment `segNo` are in place up to offset `endOff`: a filled
+   * segment is completed; past its half, the next one is prepared.
+   */
+  private async segmentWritten(segNo: bigint, endOff: number): Promise<void> {
+    if (endOff === this.walSegSizeBytes) await this.completeSegment();
+    else if (endOff >= this.walSegSizeBytes / 2) this.startPrealloc(segNo + 1n);
   }
 
   /** The partial segment is full: fsync, give it its final name, fsync the directory. */

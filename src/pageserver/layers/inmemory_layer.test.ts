@@ -41,6 +41,18 @@ function fill(layer: InMemoryLayer, rng: Rng, n: number, keyCount: number): Valu
   return model.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.lsn < b.lsn ? -1 : 1));
 }
 
+/** Every entry of the delta layer file at `path`, in its order. */
+async function readDelta(path: string): Promise<ValueEntry[]> {
+  const r = await DeltaLayerReader.open(path);
+  try {
+    const out: ValueEntry[] = [];
+    for await (const e of r.iterate()) out.push(e);
+    return out;
+  } finally {
+    await r.close();
+  }
+}
+
 function modelGet(model: ValueEntry[], key: Key, start: Lsn, end: Lsn, stopAtBase = false): ValueEntry[] {
   const hits = model.filter((e) => e.key === key && e.lsn >= start && e.lsn < end).reverse();
   const i = stopAtBase ? hits.findIndex((e) => isBase(e.value)) : -1;
@@ -89,10 +101,7 @@ test("in-memory layer: reads match the model while open (buffer and file) and af
       assert.equal((await readdir(dir)).filter((n) => !n.startsWith("ephemeral-")).length, 0, "a cancelled flush leaves no file");
       const written = await layer.writeDeltaLayer(dir, { indexPageSizeBytes: 1024 });
       assert.deepEqual(parseLayerFileName(written.name), { kind: "delta", keyRange: { start: KEY_MIN, end: KEY_END }, lsnRange: { start: START, end } });
-      const r = await DeltaLayerReader.open(written.path);
-      const flushed: ValueEntry[] = [];
-      for await (const e of r.iterate()) flushed.push(e);
-      await r.close();
+      const flushed = await readDelta(written.path);
       assert.deepEqual(flushed, model);
     } finally {
       layer.close();
@@ -120,10 +129,7 @@ test("write-behind: values in flight are read from their buffers; flush and clos
       layer.freeze(end); // hands the last buffer to the thread pool too
       const written = await layer.writeDeltaLayer(dir);
       assert.equal(layer.writesInFlight, 0);
-      const r = await DeltaLayerReader.open(written.path);
-      const flushed: ValueEntry[] = [];
-      for await (const e of r.iterate()) flushed.push(e);
-      await r.close();
+      const flushed = await readDelta(written.path);
       assert.deepEqual(flushed, model);
     } finally {
       layer.close();
@@ -211,10 +217,7 @@ test("flush groups: any group and read-window size writes the same delta layer (
         const bytes = await readFile(written.path);
         first ??= bytes;
         assert.ok(bytes.equals(first), `config ${JSON.stringify(cfg)} writes the same bytes as the default`);
-        const r = await DeltaLayerReader.open(written.path);
-        const flushed: ValueEntry[] = [];
-        for await (const e of r.iterate()) flushed.push(e);
-        await r.close();
+        const flushed = await readDelta(written.path);
         assert.deepEqual(flushed, model, `config ${JSON.stringify(cfg)}`);
       }
     } finally {
@@ -254,10 +257,7 @@ test("putWal / putWalAt store head ++ body as put would; one record under severa
       }
       a.freeze(lsn(l + 1n));
       const written = await a.writeDeltaLayer(dir);
-      const r = await DeltaLayerReader.open(written.path);
-      const flushed: ValueEntry[] = [];
-      for await (const e of r.iterate()) flushed.push(e);
-      await r.close();
+      const flushed = await readDelta(written.path);
       model.sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : x.lsn < y.lsn ? -1 : 1));
       assert.deepEqual(flushed, model);
       // a duplicate (key, LSN) through a slot is refused like through a key
@@ -316,10 +316,7 @@ test("relation-block slots by fork table equal slots by key; other keys keep the
       assert.deepEqual(await layer.getValues(relBlockKey(tags[0]!, 2), { start: START, end: LSN_MAX as Lsn }), [], "a block never put");
       layer.freeze(lsn(l + 1n));
       const written = await layer.writeDeltaLayer(dir);
-      const r = await DeltaLayerReader.open(written.path);
-      const flushed: ValueEntry[] = [];
-      for await (const e of r.iterate()) flushed.push(e);
-      await r.close();
+      const flushed = await readDelta(written.path);
       model.sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : x.lsn < y.lsn ? -1 : 1));
       assert.deepEqual(flushed, model);
     } finally {
