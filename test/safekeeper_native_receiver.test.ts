@@ -45,16 +45,27 @@ async function primaryFlush(pg: { sql(q: string): Promise<string> }): Promise<Ls
  */
 async function setUp(table: string): Promise<{ pg: PgServer; sk: Safekeeper; ids: TimelineIds; base: string; startLsn: Lsn }> {
   const pg = await startPostgres({ synchronousStandbyNames: "sk_1", settings: { wal_keep_size: "256MB" } });
-  const sk = await startInProcess({ id: 1, walReceiver: "native" });
-  const ids = newIds();
-  const base = `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`;
-  assert.ok(sk.nativeReceiverBin !== undefined, "the native receiver is built (scripts/setup)");
-  const r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: pg.connString(), term: 1 });
-  assert.equal(r.status, 201, r.text);
-  const startLsn = parseLsn((r.body as { timeline_start_lsn: string }).timeline_start_lsn);
-  await pg.sql(table, { timeoutMs: 30_000 });
-  await waitFor("a receiver process", async () => (await receiverPids()).length === 1, 20_000);
-  return { pg, sk, ids, base, startLsn };
+  let sk: Safekeeper | undefined;
+  try {
+    sk = await startInProcess({ id: 1, walReceiver: "native" });
+    const ids = newIds();
+    const base = `/v1/tenant/${ids.tenantId}/timeline/${ids.timelineId}`;
+    assert.ok(sk.nativeReceiverBin !== undefined, "the native receiver is built (scripts/setup)");
+    const r = await http(sk.httpPort, "PUT", `${base}/compute`, { connstr: pg.connString(), term: 1 });
+    assert.equal(r.status, 201, r.text);
+    const startLsn = parseLsn((r.body as { timeline_start_lsn: string }).timeline_start_lsn);
+    await pg.sql(table, { timeoutMs: 30_000 });
+    await waitFor("a receiver process", async () => (await receiverPids()).length === 1, 20_000);
+    return { pg, sk, ids, base, startLsn };
+  } catch (e) {
+    // A failed set-up stops what it started: the tests' own clean-up never runs.
+    if (sk !== undefined) {
+      await sk.stop();
+      await removeTempDir(sk.config.dataDir);
+    }
+    await pg.destroy();
+    throw e;
+  }
 }
 
 test("native receiver: bulk load across segments with the receiver suspended and resumed throughout; WAL identical", { timeout: 120_000 }, async () => {
